@@ -1,0 +1,1 @@
+"""Fidelity validation of synthetic slides: MONAI metrics, stain/morphology statistics, seams, memorisation."""

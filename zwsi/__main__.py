@@ -1,0 +1,5 @@
+import sys
+
+from zwsi.cli import main
+
+sys.exit(main())

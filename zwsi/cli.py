@@ -1,0 +1,37 @@
+"""The `zwsi` console command: `zwsi --version`, `zwsi --help`, and one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from zwsi import __version__
+
+# Each module in zwsi/commands/ adds its subcommands with `register(subparsers)`.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zwsi",
+        description="Generate synthetic whole-slide pathology images from report text (Z-Image S3-DiT).",
+    )
+    parser.add_argument("--version", action="version", version=f"zwsi {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"zwsi.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
