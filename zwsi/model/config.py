@@ -98,6 +98,11 @@ class S3DiTConfig:
     def ffn_hidden_dim(self) -> int:
         return int(self.dim / 3 * 8)
 
+    @property
+    def adaln_dim(self) -> int:
+        """Width of the timestep conditioning c: min(dim, 256)."""
+        return min(self.dim, ADALN_EMBED_DIM)
+
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> S3DiTConfig:

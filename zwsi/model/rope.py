@@ -1,0 +1,69 @@
+"""3D rotary position embedding (RoPE) computed from float (t, h, w) positions.
+
+Axis meaning (DESIGN §3): for report tokens the first axis is the text position (token k at (k+1, 0, 0), as in
+Z-Image); for image tokens it is Lp + 1 + zoom depth (0 for the target level, d for d levels up), and (h, w) are one
+registered spatial frame in target-token units: the target's token (i, j) is at (i, j), neighbours sit at their true
+offsets (negative above/left), parent tokens at fractional centres. Positions may therefore be fractional or
+negative, so angles are computed from the positions instead of being looked up in a table of integer positions
+(Z-Image's `axes_lens` tables). For integer positions the rotation is exactly Z-Image's:
+
+* per axis a with d_a dims, frequencies theta^(-2k/d_a), k = 0..d_a/2-1, in float64;
+* angle = position * frequency formed in float64, then rounded to float32;
+* interleaved (GPT-J style) complex rotation of the pairs (x_2m, x_2m+1), pairs ordered [t | h | w];
+* applied to q and k after the QK RMSNorm, in float32, the result cast back to the activation dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rope_frequencies(axes_dims: tuple[int, ...], theta: float, device: torch.device | None = None) -> list[Tensor]:
+    """Per-axis float64 frequencies theta^(-2k/d), k = 0..d/2-1 (Z-Image's formula, bit for bit)."""
+    return [
+        1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)) for d in axes_dims
+    ]
+
+
+def rope_angles(positions: Tensor, axes_dims: tuple[int, ...], theta: float) -> Tensor:
+    """Rotation angles for each token.
+
+    Args:
+        positions: (N, 3) float or integer (t, h, w) positions; fractional and negative values are allowed.
+        axes_dims: RoPE dims per axis (they sum to head_dim).
+        theta: RoPE base.
+
+    Returns:
+        (N, head_dim/2) float32 angles, pairs ordered [t | h | w].
+    """
+    if positions.ndim != 2 or positions.shape[1] != len(axes_dims):
+        raise ValueError(f"positions must have shape (N, {len(axes_dims)}), got {tuple(positions.shape)}")
+    pos = positions.to(torch.float64)  # (N, 3)
+    freqs = rope_frequencies(axes_dims, theta, device=positions.device)
+    # product in float64, rounded to float32, as Z-Image's precomputed tables
+    return torch.cat([(pos[:, a, None] * f[None, :]).float() for a, f in enumerate(freqs)], dim=-1)  # (N, Dh/2)
+
+
+def rope_cos_sin(positions: Tensor, axes_dims: tuple[int, ...], theta: float) -> tuple[Tensor, Tensor]:
+    """(cos, sin) of `rope_angles`, each (N, head_dim/2) float32."""
+    angles = rope_angles(positions, axes_dims, theta)  # (N, Dh/2)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate interleaved pairs of the last dim of x by the per-token angles.
+
+    Args:
+        x: (N, H, Dh) queries or keys (any float dtype).
+        cos: (N, Dh/2) float32.
+        sin: (N, Dh/2) float32.
+
+    Returns:
+        (N, H, Dh) in x's dtype; the rotation itself is done in float32.
+    """
+    xf = x.float().unflatten(-1, (-1, 2))  # (N, H, Dh/2, 2)
+    x_re, x_im = xf[..., 0], xf[..., 1]  # (N, H, Dh/2) each
+    cos, sin = cos[:, None, :], sin[:, None, :]  # (N, 1, Dh/2)
+    out = torch.stack([x_re * cos - x_im * sin, x_re * sin + x_im * cos], dim=-1)  # (N, H, Dh/2, 2)
+    return out.flatten(-2).type_as(x)  # (N, H, Dh)
