@@ -10,6 +10,7 @@ the level read. Arrays are `(row, col, channel)`: the region at `(x, y)` of size
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from functools import cached_property
@@ -30,6 +31,7 @@ from slide_io.errors import (
     SlideError,
     SlideLevelError,
     SlideNotFoundError,
+    SlideReadError,
     UnsupportedSlideError,
 )
 from slide_io.provenance import Provenance, read_provenance
@@ -46,6 +48,37 @@ def _is_ome_tiff(path: Path) -> bool:
             return bool(tf.is_ome)
     except Exception:  # not a TIFF, or unreadable: let the backends report it
         return False
+
+
+class _CaptureWarnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _tiff_damage(path: Path) -> str | None:
+    """Why a TIFF is truncated (IFD chain or tile data past the end of the file), or None when intact or no TIFF."""
+    size = path.stat().st_size
+    capture = _CaptureWarnings()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(capture)
+    try:
+        with tifffile.TiffFile(path) as tf:
+            for page in tf.pages:
+                offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
+                if offsets and counts:
+                    end = max(o + c for o, c in zip(offsets, counts))
+                    if end > size:
+                        return f"truncated: image data of directory {page.index} ends at byte {end} > file size {size}"
+    except Exception:  # not a TIFF at all: the backends decide
+        return None
+    finally:
+        logger.removeHandler(capture)
+    bad = [m for m in capture.messages if "invalid page offset" in m]
+    return f"truncated or corrupt: {bad[0].split('>')[-1].strip()}" if bad else None
 
 
 def _make_backend(path: Path, backend: str) -> SlideBackend:
@@ -75,7 +108,7 @@ def open_slide(path: str | Path, backend: Backend = "auto", *, mpp: float | tupl
         SlideNotFoundError: no such file.
         NotASlideError: the file is no slide image (empty, text, PNG...).
         UnsupportedSlideError: the chosen backend cannot read this format.
-        SlideReadError: the file is damaged.
+        SlideReadError: the file is damaged (a truncated TIFF is refused here; corrupt tiles raise on read).
     """
     if backend not in BACKENDS:
         msg = f"backend={backend!r} is not one of {BACKENDS}"
@@ -88,6 +121,9 @@ def open_slide(path: str | Path, backend: Backend = "auto", *, mpp: float | tupl
     if not path.is_file() or path.stat().st_size == 0:
         msg = "not a slide: a directory or an empty file"
         raise NotASlideError(msg, path)
+    damage = _tiff_damage(path)
+    if damage is not None:
+        raise SlideReadError(damage, path)
     if backend != "auto":
         return Slide(_make_backend(path, backend), override)
     if _is_ome_tiff(path):

@@ -1,0 +1,442 @@
+"""`write_pyramid`: stream tiles into a pyramidal tiled TIFF (or OME-TIFF) that OpenSlide, tiffslide and QuPath open.
+
+Layout (measured in shared/reference/ecosystem-notes.md §2): level 0 then every reduced level as successive
+top-level TIFF directories, NewSubfileType=1 on the reduced ones, tiles of `tile_size`², XResolution/YResolution in
+pixels per CENTIMETER on every level, then a stripped thumbnail and label (descriptions 'thumbnail' / 'label'),
+which openslide ignores and `slide_io.Slide` exposes as associated images. With `ome=True` the reduced levels are
+SubIFDs of level 0 (the Bio-Formats pyramid layout) and the OME-XML carries PhysicalSizeX/Y in µm.
+
+Memory stays bounded whatever the slide size: level 0 is read from the source one band of tiles at a time, each
+band is encoded and written at once, and the reduced levels are built from the finer level's bands (2×2 mean) and
+spooled, already encoded, to temporary files beside the output; they are copied into the TIFF after level 0. At
+most two level-0 bands (tile_size × width × 3 bytes each) and one band per reduced level are in RAM.
+
+The file is written under a temporary name in the output folder and renamed over `path` only when complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, runtime_checkable
+
+import numpy as np
+import tifffile
+from numpy.typing import NDArray
+from PIL import Image, ImageDraw, ImageFont
+
+from slide_io.errors import SlideWriteError
+from slide_io.provenance import Provenance, software_version
+from slide_io.types import Compression, Mpp, Size
+
+COMPRESSIONS: dict[str, int] = {"jpeg": 7, "deflate": 8, "lzw": 5, "zstd": 50000, "none": 1}
+"""Compression name → TIFF Compression tag. Only 'jpeg' is lossy."""
+
+TileReader = Callable[[int, int, int, int], NDArray[np.uint8]]
+"""`reader(x, y, w, h)` → the (h, w, 3) uint8 RGB pixels of level 0 at (x, y), size (w, h)."""
+
+
+@runtime_checkable
+class TileSource(Protocol):
+    """Level-0 pixels of a slide to write: its size, its µm/px, and a reader of any (x, y, w, h) window."""
+
+    size: Size
+    mpp: Mpp | None
+
+    def __call__(self, x: int, y: int, w: int, h: int) -> NDArray[np.uint8]: ...
+
+
+@dataclass(frozen=True)
+class CallableSource:
+    """A `TileSource` from a plain function `reader(x, y, w, h)` and the slide's size and µm/px."""
+
+    reader: TileReader
+    size: Size
+    mpp: Mpp | None = None
+
+    def __call__(self, x: int, y: int, w: int, h: int) -> NDArray[np.uint8]:
+        return self.reader(x, y, w, h)
+
+
+@dataclass(frozen=True)
+class SlideSource:
+    """A `TileSource` reading level 0 of an open `slide_io.Slide` (what `zwsi slide convert` streams from)."""
+
+    slide: Any  # slide_io.reader.Slide (Any avoids an import cycle in annotations)
+
+    @property
+    def size(self) -> Size:
+        return self.slide.dimensions  # type: ignore[no-any-return]
+
+    @property
+    def mpp(self) -> Mpp | None:
+        return self.slide.mpp_or_none  # type: ignore[no-any-return]
+
+    def __call__(self, x: int, y: int, w: int, h: int) -> NDArray[np.uint8]:
+        return self.slide.read_region((x, y), 0, (w, h), as_array=True)  # type: ignore[no-any-return]
+
+
+def level_sizes(size: Size, tile_size: int) -> list[Size]:
+    """(width, height) of every level: halve (rounding up) until the level fits in one tile."""
+    sizes = [size]
+    while max(sizes[-1]) > tile_size:
+        w, h = sizes[-1]
+        sizes.append(((w + 1) // 2, (h + 1) // 2))
+    return sizes
+
+
+def downsample2(band: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """2×2 mean (rounded) of an (h, w, 3) band; an odd last row/column is repeated first."""
+    h, w = band.shape[:2]
+    if h % 2 or w % 2:
+        band = np.pad(band, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    h2, w2 = band.shape[0] // 2, band.shape[1] // 2
+    acc = band.reshape(h2, 2, w2, 2, band.shape[2]).sum(axis=(1, 3), dtype=np.uint16)
+    acc += 2
+    acc //= 4
+    return acc.astype(np.uint8)
+
+
+def _encoder(compression: str, quality: int) -> Callable[[NDArray[np.uint8]], bytes]:
+    """The same codec call tifffile makes for this compression (JPEG: YCbCr 4:2:0, as the tags tifffile writes)."""
+    import imagecodecs
+
+    if compression == "jpeg":
+        return lambda tile: bytes(
+            imagecodecs.jpeg_encode(tile, level=quality, subsampling=(2, 2), colorspace="RGB", outcolorspace="YCBCR")
+        )
+    if compression == "none":
+        return lambda tile: tile.tobytes()
+    codec = tifffile.TIFF.COMPRESSORS[COMPRESSIONS[compression]]
+    return lambda tile: bytes(codec(tile))
+
+
+def _tiles_of(band: NDArray[np.uint8], tile: int, pad_edge: bool) -> Iterator[NDArray[np.uint8]]:
+    """Full `tile`² tiles of a band, left to right; short edge tiles padded (edge-replicated for JPEG, else 0)."""
+    h, w = band.shape[:2]
+    for x in range(0, w, tile):
+        t = band[:, x : x + tile]
+        if t.shape[0] != tile or t.shape[1] != tile:
+            pad = ((0, tile - t.shape[0]), (0, tile - t.shape[1]), (0, 0))
+            t = np.pad(t, pad, mode="edge") if pad_edge else np.pad(t, pad)
+        yield np.ascontiguousarray(t)
+
+
+class _ReducedLevel:
+    """One reduced level being built: rows arrive from the finer level; full bands are encoded and spooled."""
+
+    def __init__(self, index: int, size: Size, tile: int, spool: BinaryIO, keep: bool) -> None:
+        self.index, self.size, self.tile, self.spool = index, size, tile, spool
+        self.lengths: list[int] = []
+        self.rows: list[NDArray[np.uint8]] = []
+        self.buffered = 0
+        self.kept: list[NDArray[np.uint8]] | None = [] if keep else None
+
+    def take(self, rows: NDArray[np.uint8], last: bool) -> Iterator[tuple[NDArray[np.uint8], bool]]:
+        """Add rows; yield (band, is_last) for each completed band of `tile` rows, and the remainder when `last`."""
+        self.rows.append(rows)
+        self.buffered += rows.shape[0]
+        while self.buffered >= self.tile:
+            band = self._pop(self.tile)
+            yield band, last and self.buffered == 0
+        if last and self.buffered:
+            yield self._pop(self.buffered), True
+
+    def _pop(self, n: int) -> NDArray[np.uint8]:
+        data = np.concatenate(self.rows, axis=0) if len(self.rows) > 1 else self.rows[0]
+        band, rest = data[:n], data[n:]
+        self.rows = [rest] if rest.shape[0] else []
+        self.buffered -= n
+        if self.kept is not None:
+            self.kept.append(band)
+        return band
+
+
+class _Pyramid:
+    """Builds and spools levels 1.. from level-0 bands; keeps the level used for the thumbnail in memory."""
+
+    def __init__(
+        self,
+        sizes: list[Size],
+        tile: int,
+        spool_dir: Path,
+        encode: Callable[[NDArray[np.uint8]], bytes],
+        pool: ThreadPoolExecutor,
+        pad_edge: bool,
+        thumb_level: int,
+    ) -> None:
+        self.tile, self.encode, self.pool, self.pad_edge = tile, encode, pool, pad_edge
+        self.levels = [
+            _ReducedLevel(i, s, tile, (spool_dir / f"level{i}.bin").open("w+b"), keep=(i == thumb_level))
+            for i, s in enumerate(sizes)
+            if i > 0
+        ]
+        self.thumb_level = thumb_level
+        self.level0_kept: list[NDArray[np.uint8]] | None = [] if thumb_level == 0 else None
+
+    def add_level0_band(self, band: NDArray[np.uint8], last: bool) -> None:
+        """Feed one level-0 band (tile rows, fewer for the last) down the pyramid."""
+        if self.level0_kept is not None:
+            self.level0_kept.append(band)
+        self._descend(0, band, last)
+
+    def _descend(self, k: int, band: NDArray[np.uint8], last: bool) -> None:
+        if k >= len(self.levels):
+            return
+        level = self.levels[k]
+        for out, out_last in level.take(downsample2(band), last):
+            tiles = list(_tiles_of(out, self.tile, self.pad_edge))
+            for data in self.pool.map(self.encode, tiles):
+                level.spool.write(data)
+                level.lengths.append(len(data))
+            self._descend(k + 1, out, out_last)
+
+    def spooled(self, k: int) -> Iterator[bytes]:
+        """Encoded tiles of level k >= 1, in TIFF order."""
+        level = self.levels[k - 1]
+        level.spool.flush()
+        level.spool.seek(0)
+        for n in level.lengths:
+            yield level.spool.read(n)
+
+    def thumbnail_pixels(self) -> NDArray[np.uint8]:
+        """The whole level kept for the thumbnail, (h, w, 3)."""
+        kept = self.level0_kept if self.thumb_level == 0 else self.levels[self.thumb_level - 1].kept
+        if not kept:
+            msg = "internal: thumbnail level was not kept"
+            raise RuntimeError(msg)
+        return np.concatenate(kept, axis=0)
+
+    def close(self) -> None:
+        for level in self.levels:
+            level.spool.close()
+
+
+def label_image(provenance: Provenance | None, size: Size = (600, 300)) -> NDArray[np.uint8]:
+    """The label: 'SYNTHETIC' in red capitals for generated slides (plus seed and report hash), else 'Z-WSI'."""
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    big = ImageFont.load_default(size=size[1] // 4)
+    small = ImageFont.load_default(size=size[1] // 12)
+    if provenance is None or provenance.synthetic:
+        draw.text((size[0] // 2, size[1] // 3), "SYNTHETIC", fill=(200, 0, 0), font=big, anchor="mm")
+        lines = ["Z-WSI generated - not a patient slide"]
+    else:
+        draw.text((size[0] // 2, size[1] // 3), "Z-WSI", fill=(0, 0, 0), font=big, anchor="mm")
+        lines = ["converted pyramid"]
+    if provenance is not None:
+        if provenance.seed is not None:
+            lines.append(f"seed {provenance.seed}")
+        if provenance.report_sha256:
+            lines.append(f"report {provenance.report_sha256[:16]}")
+    for i, line in enumerate(lines):
+        draw.text((size[0] // 2, size[1] * 0.62 + i * size[1] // 10), line, fill=(0, 0, 0), font=small, anchor="mm")
+    return np.asarray(img)
+
+
+def _as_source(source: TileSource | TileReader | Any, size: Size | None, mpp: Mpp | None) -> TileSource:
+    from slide_io.reader import Slide
+
+    if isinstance(source, Slide):
+        return SlideSource(source)
+    if isinstance(source, TileSource):
+        return source
+    if callable(source):
+        if size is None:
+            msg = "size=(width, height) is required when the source is a plain callable"
+            raise ValueError(msg)
+        return CallableSource(source, size, mpp)
+    msg = f"source must be a Slide, a TileSource or a callable(x, y, w, h), got {type(source).__name__}"
+    raise TypeError(msg)
+
+
+def _check_tile(tile: Any, x: int, y: int, w: int, h: int, path: Path) -> NDArray[np.uint8]:
+    arr = np.asarray(tile)
+    if arr.shape != (h, w, 3) or arr.dtype != np.uint8:
+        msg = f"tile source returned shape {arr.shape} dtype {arr.dtype} at (x={x}, y={y}); expected ({h}, {w}, 3) uint8"
+        raise SlideWriteError(msg, path)
+    return arr
+
+
+def write_pyramid(
+    path: str | Path,
+    source: TileSource | TileReader | Any,
+    *,
+    size: Size | None = None,
+    mpp: float | tuple[float, float] | None = None,
+    compression: Compression = "jpeg",
+    quality: int = 90,
+    tile_size: int = 256,
+    provenance: Provenance | None = None,
+    thumbnail_size: int = 1024,
+    ome: bool = False,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Path:
+    """Write a pyramidal tiled TIFF from level-0 tiles, with bounded memory, atomically.
+
+    Args:
+        path: output file (.tif / .tiff; .ome.tif with `ome=True`). Replaced only when the new file is complete.
+        source: a `TileSource` (e.g. `WindowStore.pixel_source(level)`), an open `Slide` (level 0 is copied), or
+            a callable `reader(x, y, w, h)` returning (h, w, 3) uint8 (then `size` is required).
+        size: (width, height) of level 0, when `source` does not carry it.
+        mpp: level-0 µm/px; defaults to the source's. Required: a slide without mpp is refused.
+        compression: 'jpeg' (lossy, `quality`), or lossless 'deflate', 'lzw', 'zstd', 'none'.
+        quality: JPEG quality 1-100.
+        tile_size: tile edge in pixels, a multiple of 16.
+        provenance: what to record in the file; None writes `Provenance()` (synthetic=True). Synthetic files say
+            SYNTHETIC in the ImageDescription, in `Slide.properties['zwsi.synthetic']` and on the label image.
+        thumbnail_size: longest edge of the thumbnail image.
+        ome: write OME-TIFF (SubIFD pyramid, OME-XML µm/px) for Bio-Formats / QuPath instead of the
+            OpenSlide-compatible layout (openslide reads only level 0 of OME-TIFF; tiffslide reads every level).
+        workers: encoder threads (default: CPU count).
+        progress: show a tqdm bar over level-0 bands.
+
+    Returns:
+        The final path.
+
+    Raises:
+        ValueError: bad option (compression, quality, tile size, mpp, size).
+        MissingMppError: no mpp from the source nor the caller.
+        SlideWriteError: the source returned a wrong tile; no file is left under `path`.
+    """
+    from slide_io.errors import MissingMppError
+
+    path = Path(path)
+    if compression not in COMPRESSIONS:
+        msg = f"compression={compression!r} is not one of {tuple(COMPRESSIONS)}"
+        raise ValueError(msg)
+    if not 1 <= quality <= 100:
+        msg = f"quality={quality} must be in 1..100"
+        raise ValueError(msg)
+    if tile_size <= 0 or tile_size % 16:
+        msg = f"tile_size={tile_size} must be a positive multiple of 16"
+        raise ValueError(msg)
+    src = _as_source(source, size, None if mpp is None else Mpp.of(mpp))
+    width, height = (int(v) for v in src.size)
+    if width <= 0 or height <= 0:
+        msg = f"size=({width}, {height}) must be positive (width, height)"
+        raise ValueError(msg)
+    level0_mpp = Mpp.of(mpp) if mpp is not None else src.mpp
+    if level0_mpp is None:
+        msg = "the tile source has no µm/px (mpp); pass write_pyramid(..., mpp=...)"
+        raise MissingMppError(msg, path)
+    provenance = Provenance() if provenance is None else provenance
+    if not path.parent.is_dir():
+        msg = f"output folder {path.parent} does not exist"
+        raise SlideWriteError(msg, path)
+
+    sizes = level_sizes((width, height), tile_size)
+    thumb_level = next(i for i, s in enumerate(sizes) if max(s) <= 2 * thumbnail_size)
+    raw_bytes = sum(w * h * 3 for w, h in sizes)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    workers = workers or os.cpu_count() or 1
+    try:
+        with tempfile.TemporaryDirectory(prefix=".zwsi-spool-", dir=path.parent) as spool_dir, ThreadPoolExecutor(
+            workers
+        ) as pool:
+            pyramid = _Pyramid(
+                sizes, tile_size, Path(spool_dir), _encoder(compression, quality), pool, compression == "jpeg",
+                thumb_level,
+            )
+            try:
+                with tifffile.TiffWriter(tmp, bigtiff=raw_bytes > 2**31, ome=ome) as tw:
+                    _write_levels(tw, src, pyramid, sizes, level0_mpp, compression, tile_size, provenance, ome, progress,
+                                  path)
+                    thumb = _thumbnail(pyramid.thumbnail_pixels(), thumbnail_size)
+                    _write_associated(tw, thumb, label_image(provenance), ome)
+            finally:
+                pyramid.close()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _level0_tiles(
+    src: TileSource, pyramid: _Pyramid, size: Size, tile: int, pool: ThreadPoolExecutor,
+    encode: Callable[[NDArray[np.uint8]], bytes], pad_edge: bool, progress: bool, path: Path,
+) -> Iterator[bytes]:
+    """Encoded level-0 tiles in TIFF order; band b+1 is read while band b is being encoded."""
+    width, height = size
+    bands = range(0, height, tile)
+    if progress:
+        from tqdm import tqdm
+
+        bands = tqdm(bands, desc=f"writing {path.name}", unit="band")  # type: ignore[assignment]
+    pending: list[Future[bytes]] = []
+    for y in bands:
+        h = min(tile, height - y)
+        band = np.empty((h, width, 3), np.uint8)
+        for x in range(0, width, tile):
+            w = min(tile, width - x)
+            band[:, x : x + w] = _check_tile(src(x, y, w, h), x, y, w, h, path)
+        futures = [pool.submit(encode, t) for t in _tiles_of(band, tile, pad_edge)]
+        pyramid.add_level0_band(band, last=y + h == height)
+        for f in pending:
+            yield f.result()
+        pending = futures
+    for f in pending:
+        yield f.result()
+
+
+def _write_levels(
+    tw: tifffile.TiffWriter, src: TileSource, pyramid: _Pyramid, sizes: list[Size], mpp: Mpp, compression: str,
+    tile: int, provenance: Provenance, ome: bool, progress: bool, path: Path,
+) -> None:
+    common: dict[str, Any] = {
+        "dtype": np.uint8,
+        "tile": (tile, tile),
+        "compression": COMPRESSIONS[compression],
+        "photometric": "rgb",
+        "resolutionunit": "CENTIMETER",
+        "software": software_version(),
+    }
+    description = provenance.description()
+    for k, (w, h) in enumerate(sizes):
+        ds_x, ds_y = sizes[0][0] / w, sizes[0][1] / h
+        kw = dict(common, shape=(h, w, 3), resolution=(1e4 / (mpp.x * ds_x), 1e4 / (mpp.y * ds_y)))
+        if k == 0:
+            data: Iterator[bytes] = _level0_tiles(
+                src, pyramid, (w, h), tile, pyramid.pool, pyramid.encode, compression == "jpeg", progress, path
+            )
+            if ome:
+                kw["subifds"] = len(sizes) - 1
+                kw["metadata"] = {
+                    "axes": "YXS", "Name": "Z-WSI slide", "Description": description,
+                    "PhysicalSizeX": mpp.x, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": mpp.y, "PhysicalSizeYUnit": "µm",
+                }
+            else:
+                kw["description"] = description
+                kw["metadata"] = None
+        else:
+            data = pyramid.spooled(k)
+            kw["subfiletype"] = 1
+            kw["metadata"] = None
+        tw.write(data, **kw)
+
+
+def _thumbnail(pixels: NDArray[np.uint8], longest: int) -> NDArray[np.uint8]:
+    h, w = pixels.shape[:2]
+    scale = min(1.0, longest / max(h, w))
+    if scale == 1.0:
+        return pixels
+    out = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(pixels).resize(out, Image.Resampling.LANCZOS))
+
+
+def _write_associated(tw: tifffile.TiffWriter, thumb: NDArray[np.uint8], label: NDArray[np.uint8], ome: bool) -> None:
+    """Stripped thumbnail then label; named by their ImageDescription ('thumbnail', 'label')."""
+    for name, image in (("thumbnail", thumb), ("label", label)):
+        tw.write(
+            image, photometric="rgb", compression="jpeg" if name == "thumbnail" else "deflate",
+            description=None if ome else name, metadata={"axes": "YXS", "Name": name} if ome else None,
+            rowsperstrip=64, software=software_version(),
+        )
+
