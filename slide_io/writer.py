@@ -91,15 +91,8 @@ def level_sizes(size: Size, tile_size: int) -> list[Size]:
 
 
 def downsample2(band: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """2×2 mean (rounded) of an (h, w, 3) band; an odd last row/column is repeated first."""
-    h, w = band.shape[:2]
-    if h % 2 or w % 2:
-        band = np.pad(band, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    h2, w2 = band.shape[0] // 2, band.shape[1] // 2
-    acc = band.reshape(h2, 2, w2, 2, band.shape[2]).sum(axis=(1, 3), dtype=np.uint16)
-    acc += 2
-    acc //= 4
-    return acc.astype(np.uint8)
+    """2×2 mean, rounded, of an (h, w, 3) band (PIL's box `reduce`); an odd last row/column averages its 1×2 / 2×1."""
+    return np.asarray(Image.fromarray(band).reduce(2))
 
 
 def _encoder(compression: str, quality: int) -> Callable[[NDArray[np.uint8]], bytes]:
@@ -179,22 +172,20 @@ class _Pyramid:
         self.thumb_level = thumb_level
         self.level0_kept: list[NDArray[np.uint8]] | None = [] if thumb_level == 0 else None
 
-    def add_level0_band(self, band: NDArray[np.uint8], last: bool) -> None:
-        """Feed one level-0 band (tile rows, fewer for the last) down the pyramid."""
-        if self.level0_kept is not None:
-            self.level0_kept.append(band)
-        self._descend(0, band, last)
+    def add_level1_rows(self, rows: NDArray[np.uint8], last: bool) -> None:
+        """Feed rows of level 1 (level 0 already halved, tile by tile) down the pyramid."""
+        self._feed(0, rows, last)
 
-    def _descend(self, k: int, band: NDArray[np.uint8], last: bool) -> None:
+    def _feed(self, k: int, rows: NDArray[np.uint8], last: bool) -> None:
         if k >= len(self.levels):
             return
         level = self.levels[k]
-        for out, out_last in level.take(downsample2(band), last):
+        for out, out_last in level.take(rows, last):
             tiles = list(_tiles_of(out, self.tile, self.pad_edge))
             for data in self.pool.map(self.encode, tiles):
                 level.spool.write(data)
                 level.lengths.append(len(data))
-            self._descend(k + 1, out, out_last)
+            self._feed(k + 1, downsample2(out), out_last)
 
     def spooled(self, k: int) -> Iterator[bytes]:
         """Encoded tiles of level k >= 1, in TIFF order."""
@@ -363,7 +354,11 @@ def _level0_tiles(
     src: TileSource, pyramid: _Pyramid, size: Size, tile: int, pool: ThreadPoolExecutor,
     encode: Callable[[NDArray[np.uint8]], bytes], pad_edge: bool, progress: bool, path: Path,
 ) -> Iterator[bytes]:
-    """Encoded level-0 tiles in TIFF order; band b+1 is read while band b is being encoded."""
+    """Encoded level-0 tiles in TIFF order, one band of tiles at a time.
+
+    Each tile goes to the encoder threads as it is read and is halved on its own (tiles have even sizes except at
+    the slide edge, so this equals halving the band); the next band is read while this band is being encoded.
+    """
     width, height = size
     bands = range(0, height, tile)
     if progress:
@@ -371,14 +366,28 @@ def _level0_tiles(
 
         bands = tqdm(bands, desc=f"writing {path.name}", unit="band")  # type: ignore[assignment]
     pending: list[Future[bytes]] = []
+    keep0 = pyramid.level0_kept
     for y in bands:
         h = min(tile, height - y)
-        band = np.empty((h, width, 3), np.uint8)
+        half = np.empty(((h + 1) // 2, (width + 1) // 2, 3), np.uint8) if len(pyramid.levels) else None
+        full = np.empty((h, width, 3), np.uint8) if keep0 is not None else None
+        futures = []
         for x in range(0, width, tile):
             w = min(tile, width - x)
-            band[:, x : x + w] = _check_tile(src(x, y, w, h), x, y, w, h, path)
-        futures = [pool.submit(encode, t) for t in _tiles_of(band, tile, pad_edge)]
-        pyramid.add_level0_band(band, last=y + h == height)
+            t = _check_tile(src(x, y, w, h), x, y, w, h, path)
+            if w != tile or h != tile:
+                pad = ((0, tile - h), (0, tile - w), (0, 0))
+                futures.append(pool.submit(encode, np.pad(t, pad, mode="edge") if pad_edge else np.pad(t, pad)))
+            else:
+                futures.append(pool.submit(encode, np.ascontiguousarray(t)))
+            if half is not None:
+                half[:, x // 2 : x // 2 + (w + 1) // 2] = downsample2(t)
+            if full is not None:
+                full[:, x : x + w] = t
+        if full is not None and keep0 is not None:
+            keep0.append(full)
+        if half is not None:
+            pyramid.add_level1_rows(half, last=y + h == height)
         for f in pending:
             yield f.result()
         pending = futures
