@@ -1,0 +1,244 @@
+"""The latent autoencoder: diffusers' ``AutoencoderKL`` with Z-Image's latent scaling and tiled encode/decode.
+
+Z-Image uses the FLUX.1 VAE (16 latent channels, spatial factor 8, ``scaling_factor`` 0.3611, ``shift_factor``
+0.1159). Latents seen by the transformer are ``(z - shift) * scale``; decoding inverts that, runs the decoder and
+maps [-1, 1] to uint8 as ``round((x / 2 + 0.5).clamp(0, 1) * 255)``.
+
+Pixels come in as uint8 ``(H, W, 3)`` / ``(B, H, W, 3)`` (numpy or torch) or as float tensors ``(3, H, W)`` /
+``(B, 3, H, W)`` in [-1, 1]; latents are float32 ``(C, h, w)`` / ``(B, C, h, w)`` (no frame axis), batched as the
+input was. Tiled encode/decode cut the canvas into overlapping tiles (:func:`tile_spans`), run each through the
+autoencoder and blend the overlaps with linear ramps (:func:`blend_weights`) so windows join without seams.
+
+Example::
+
+    vae = VAE.from_folder("Z-Image-Turbo")                # reads Z-Image-Turbo/vae/
+    z = vae.encode(rgb_uint8)                              # (16, H/8, W/8)
+    rgb = vae.decode_tiled(z, tile=128, overlap=16)        # (H, W, 3) uint8
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CONFIG_NAME = "config.json"
+
+
+def tile_spans(size: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Overlapping ``[start, stop)`` spans of length ``tile`` covering ``[0, size)``, spread evenly.
+
+    The first span starts at 0 and the last ends at ``size``; neighbours overlap by at least ``overlap``. A canvas
+    no larger than one tile is one span.
+    """
+    if tile < 1 or overlap < 0 or overlap >= tile:
+        raise ValueError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if size <= tile:
+        return [(0, size)]
+    n = -(-(size - overlap) // (tile - overlap))  # ceil: enough tiles that each overlap is >= overlap
+    starts = [round(k * (size - tile) / (n - 1)) for k in range(n)]
+    return [(s, s + tile) for s in starts]
+
+
+def _ramps(spans: list[tuple[int, int]], size: int) -> np.ndarray:
+    """Per-span 1-D weights ``(n, size)``: linear ramps across each overlap, 1 inside, 0 outside the span."""
+    weights = np.zeros((len(spans), size), dtype=np.float64)
+    pos = np.arange(size) + 0.5
+    for k, (start, stop) in enumerate(spans):
+        w = np.ones(stop - start)
+        p = pos[start:stop]
+        if k > 0 and spans[k - 1][1] > start:  # ramp up across the overlap with the previous span
+            w = np.minimum(w, (p - start) / (spans[k - 1][1] - start))
+        if k + 1 < len(spans) and spans[k + 1][0] < stop:  # ramp down across the overlap with the next one
+            w = np.minimum(w, (stop - p) / (stop - spans[k + 1][0]))
+        weights[k, start:stop] = w
+    return weights
+
+
+def blend_weights(spans: list[tuple[int, int]], size: int) -> np.ndarray:
+    """Blend weights ``(n, size)`` for the spans of one axis: linear ramps over overlaps, normalised to sum to 1.
+
+    Adjacent spans ramp down/up across their common overlap (the two ramps already sum to 1 there); the
+    normalisation only matters where three spans overlap. The 2-D weight of tile (i, j) is the outer product of
+    the row and column weights, so 2-D weights sum to 1 as well.
+    """
+    ramps = _ramps(spans, size)
+    total = ramps.sum(axis=0)
+    if (total <= 0).any():
+        raise ValueError(f"spans {spans} do not cover [0, {size})")
+    return ramps / total
+
+
+def tiled_apply(
+    x: Tensor,
+    latent_hw: tuple[int, int],
+    fn: Callable[[Tensor], Tensor],
+    *,
+    tile: int,
+    overlap: int,
+    f_in: int = 1,
+    f_out: int = 1,
+) -> Tensor:
+    """Run ``fn`` on overlapping tiles of ``x`` ``(B, C, H, W)`` and blend the outputs into one canvas.
+
+    Tiles are laid out on the latent grid (:func:`tile_spans` of ``latent_hw``); a latent span ``[s, e)`` is
+    ``[s * f_in, e * f_in)`` of the input and ``[s * f_out, e * f_out)`` of ``fn``'s output. Overlaps are blended
+    with :func:`blend_weights`, so a ``fn`` that acts locally gives exactly ``fn(x)``.
+    """
+    rows, cols = tile_spans(latent_hw[0], tile, overlap), tile_spans(latent_hw[1], tile, overlap)
+    out_h, out_w = latent_hw[0] * f_out, latent_hw[1] * f_out
+    out_rows = [(s * f_out, e * f_out) for s, e in rows]
+    out_cols = [(s * f_out, e * f_out) for s, e in cols]
+    wy = torch.from_numpy(blend_weights(out_rows, out_h)).float().to(x.device)  # (n_rows, out_h)
+    wx = torch.from_numpy(blend_weights(out_cols, out_w)).float().to(x.device)  # (n_cols, out_w)
+    canvas: Tensor | None = None
+    for i, (ys, ye) in enumerate(rows):
+        for j, (xs, xe) in enumerate(cols):
+            y = fn(x[:, :, ys * f_in : ye * f_in, xs * f_in : xe * f_in])  # (B, C', th * f_out, tw * f_out)
+            if canvas is None:
+                canvas = torch.zeros(x.shape[0], y.shape[1], out_h, out_w, device=x.device)
+            (oys, oye), (oxs, oxe) = out_rows[i], out_cols[j]
+            canvas[:, :, oys:oye, oxs:oxe] += y * (wy[i, oys:oye, None] * wx[j, None, oxs:oxe])
+    return canvas
+
+
+class VAE:
+    """Z-Image's latent codec around a diffusers ``AutoencoderKL``.
+
+    Args:
+        autoencoder: the diffusers ``AutoencoderKL`` (its config gives ``scaling_factor`` and ``shift_factor``;
+            a missing shift is 0).
+        dtype: the autoencoder's compute dtype (``torch.float32``, as the official loader, or ``torch.bfloat16``).
+    """
+
+    def __init__(self, autoencoder: torch.nn.Module, dtype: torch.dtype = torch.float32) -> None:
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+        if next(autoencoder.parameters()).dtype != dtype:
+            autoencoder = autoencoder.to(dtype=dtype)
+        self.autoencoder = autoencoder.eval().requires_grad_(False)
+        self.dtype = dtype
+        config = autoencoder.config
+        self.scaling_factor = float(config.scaling_factor)
+        self.shift_factor = float(config.shift_factor or 0.0)
+        self.latent_channels = int(config.latent_channels)
+        self.spatial_factor = 2 ** (len(config.block_out_channels) - 1)
+
+    @classmethod
+    def from_folder(
+        cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    ) -> VAE:
+        """Load from a hub snapshot (its ``vae/`` subfolder) or a VAE folder itself; safetensors weights only.
+
+        Raises:
+            FileNotFoundError: no ``config.json`` in ``path`` or ``path/vae``.
+            ValueError: the folder holds no ``*.safetensors`` weights (pickled weights are refused).
+        """
+        from diffusers import AutoencoderKL
+
+        root = Path(path)
+        folder = root / "vae" if (root / "vae" / CONFIG_NAME).is_file() else root
+        if not (folder / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"no VAE {CONFIG_NAME} in {root} or {root / 'vae'}")
+        if not any(folder.glob("*.safetensors")):
+            found = sorted(p.name for p in folder.iterdir())
+            raise ValueError(f"no *.safetensors weights in {folder} (found {found}); pickled weights are refused")
+        autoencoder = AutoencoderKL.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
+        return cls(autoencoder.to(device), dtype=dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.autoencoder.parameters()).device
+
+    # ---- pixels <-> model space -------------------------------------------------------------------------------
+    def _to_model_pixels(self, pixels: np.ndarray | Tensor) -> tuple[Tensor, bool]:
+        """Pixels as ``(B, 3, H, W)`` in [-1, 1] on the VAE's device, and whether the input had a batch axis."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else pixels
+        if x.dtype == torch.uint8:
+            if x.dim() not in (3, 4) or x.shape[-1] != 3:
+                raise ValueError(f"uint8 pixels must be (H, W, 3) or (B, H, W, 3), got {tuple(x.shape)}")
+            batched = x.dim() == 4
+            x = x.reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        elif x.is_floating_point():
+            if x.dim() not in (3, 4) or x.shape[-3] != 3:
+                raise ValueError(f"float pixels must be (3, H, W) or (B, 3, H, W) in [-1, 1], got {tuple(x.shape)}")
+            batched = x.dim() == 4
+            x = x.reshape(-1, *x.shape[-3:])
+        else:
+            raise ValueError(f"pixels must be uint8 or float in [-1, 1], got dtype {x.dtype}")
+        h, w = x.shape[-2:]
+        if h % self.spatial_factor or w % self.spatial_factor:
+            raise ValueError(f"pixel size {h}x{w} must be divisible by the VAE factor {self.spatial_factor}")
+        return x.to(self.device), batched
+
+    def _to_model_latents(self, latents: Tensor) -> tuple[Tensor, bool]:
+        if latents.dim() not in (3, 4) or latents.shape[-3] != self.latent_channels:
+            raise ValueError(
+                f"latents must be (C, h, w) or (B, C, h, w) with C = {self.latent_channels}, got {tuple(latents.shape)}"
+            )
+        return latents.reshape(-1, *latents.shape[-3:]).to(self.device), latents.dim() == 4
+
+    @staticmethod
+    def _to_uint8(pixels: Tensor, batched: bool) -> np.ndarray:
+        """[-1, 1] ``(B, 3, H, W)`` -> uint8 ``(B, H, W, 3)`` (or ``(H, W, 3)``), rounded as Z-Image does."""
+        images = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        images = images.permute(0, 2, 3, 1).cpu().numpy()
+        return images if batched else images[0]
+
+    @torch.no_grad()
+    def _encode(self, x: Tensor, sample: bool, generator: torch.Generator | None) -> Tensor:
+        posterior = self.autoencoder.encode(x.to(self.dtype)).latent_dist
+        z = posterior.sample(generator) if sample else posterior.mode()
+        return (z.float() - self.shift_factor) * self.scaling_factor
+
+    @torch.no_grad()
+    def _decode(self, latents: Tensor) -> Tensor:
+        z = latents.float() / self.scaling_factor + self.shift_factor
+        return self.autoencoder.decode(z.to(self.dtype)).sample.float()
+
+    # ---- public API ---------------------------------------------------------------------------------------------
+    def encode(
+        self, pixels: np.ndarray | Tensor, *, sample: bool = False, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Pixels -> scaled latents ``(z - shift) * scale`` (posterior mode unless ``sample``), float32."""
+        x, batched = self._to_model_pixels(pixels)
+        z = self._encode(x, sample, generator)
+        return z if batched else z[0]
+
+    def decode(self, latents: Tensor) -> np.ndarray:
+        """Scaled latents -> uint8 RGB ``(H, W, 3)`` (or ``(B, H, W, 3)``), as Z-Image's pipeline."""
+        z, batched = self._to_model_latents(latents)
+        return self._to_uint8(self._decode(z), batched)
+
+    def decode_tiled(self, latents: Tensor, *, tile: int = 128, overlap: int = 16) -> np.ndarray:
+        """:meth:`decode` of a large latent canvas tile by tile, blending overlaps with linear ramps.
+
+        Args:
+            latents: ``(C, h, w)`` or ``(B, C, h, w)`` scaled latents.
+            tile: tile size in latents (128 = 1024 px).
+            overlap: minimal overlap of neighbouring tiles in latents.
+        """
+        z, batched = self._to_model_latents(latents)
+        out = tiled_apply(z, tuple(z.shape[-2:]), self._decode, tile=tile, overlap=overlap, f_out=self.spatial_factor)
+        return self._to_uint8(out, batched)
+
+    def encode_tiled(
+        self,
+        pixels: np.ndarray | Tensor,
+        *,
+        tile: int = 128,
+        overlap: int = 16,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """:meth:`encode` of a large image tile by tile; ``tile`` and ``overlap`` in latents (x8 in pixels)."""
+        x, batched = self._to_model_pixels(pixels)
+        f = self.spatial_factor
+        latent_hw = (x.shape[-2] // f, x.shape[-1] // f)
+        z = tiled_apply(x, latent_hw, lambda t: self._encode(t, sample, generator), tile=tile, overlap=overlap, f_in=f)
+        return z if batched else z[0]
