@@ -131,7 +131,7 @@ _RULES: list[tuple[str, str, Callable[[re.Match[str]], tuple[str, str]] | str | 
     ("unicode", "[" + "".join(_CHAR_MAP) + "]|\\w[\u0300-\u036f]+", _rule_unicode),
     ("line-break hyphen", r"(?<=\w)-[ \t]*(?:\r\n|\r|\n)[ \t]*(?=\w)|(?<=[a-z])-\. (?=[a-z])", "-"),
     ("line-break mark", r"\.(?= [a-z])", None),
-    ("whitespace", r"\A\s+|\s+\Z|[ \t]+(?=\r?\n)|\n{3,}|[ \t]*\t[ \t]*| {2,}", None),
+    ("whitespace", r"\A\s+|\s+\Z|[ \t]+(?=\r?\n)|(?:\r\n|\r|\n){3,}|[ \t]*\t[ \t]*| {2,}", None),
     ("control", r"\r\n|[\r\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", _rule_control),
 ]
 _COMBINED = re.compile("|".join(f"(?P<r{i}>{pattern})" for i, (_, pattern, _) in enumerate(_RULES)))
@@ -168,7 +168,7 @@ def normalize(text: str, *, line_break_marks: bool = True) -> NormalizedText:
         elif name == "whitespace":
             if start == 0 or end == len(text):
                 replacement = ""  # leading/trailing whitespace of the report
-            elif original[0] == "\n":
+            elif original[0] in "\r\n":
                 replacement = "\n\n"  # at most one blank line
             elif text[end] in "\r\n":
                 replacement = ""  # trailing spaces on a line

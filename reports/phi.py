@@ -107,7 +107,7 @@ unknown none other mr mrs ms dr md phd do pa rn
 """.split())
 _STATES = ("AL AK AZ AR CA CO CT DE FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND "
            "OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY DC").split()
-_NAME = r"[A-Z][a-z]+(?:[-'][A-Z][a-z]+)?"
+_NAME = r"(?:[A-Z]')?[A-Z][a-z]+(?:-[A-Z][a-z]+)?"
 _ROLE = (r"(?:Patient(?:'s)? Name|Patient|(?<!Report )Name|Pathologist|Attending(?: Pathologist)?|Resident(?: Physician)?|"
          r"Surgeon|Physician|Ordering (?:Physician|Provider)|Referring (?:Physician|Doctor)|Requesting Physician|"
          r"(?:Electronically )?[Ss]igned(?: out)? by|Dictated by|Verified by|Reviewed by|Transcribed by|"
@@ -128,7 +128,7 @@ _DETECTORS: list[tuple[str, str, re.Pattern[str], int]] = [
         r"([A-Z]{0,4}[- ]?\d[\dA-Z-]{3,})"), 1),
     ("record_number", "accession number", re.compile(
         r"(?<![\w-])[A-Z]{1,3}-?\d{2}-\d{3,7}(?![\w-])"), 0),
-    ("id_number", "long digit run", re.compile(r"(?<![\w.,/-])\d{7,}(?![\w.,/-]|\.\d)"), 0),
+    ("id_number", "long digit run", re.compile(r"(?<![\w.,/-])\d{7,}(?![\w,/-]|\.\d)"), 0),
     ("date", "numeric date", re.compile(
         r"(?<![\w./-])(\d{1,2})[/.-](\d{1,2})[/.-](\d{4}|\d{2})(?![\w/]|\.\d|-\d)"), 0),
     ("date", "ISO date", re.compile(r"(?<![\w-])(?:19|20)\d{2}-[01]\d-[0-3]\d(?![\w-])"), 0),
