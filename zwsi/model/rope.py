@@ -46,9 +46,13 @@ def rope_angles(positions: Tensor, axes_dims: tuple[int, ...], theta: float) -> 
 
 
 def rope_cos_sin(positions: Tensor, axes_dims: tuple[int, ...], theta: float) -> tuple[Tensor, Tensor]:
-    """(cos, sin) of `rope_angles`, each (N, head_dim/2) float32."""
+    """(cos, sin) of `rope_angles`, each (N, head_dim/2) float32.
+
+    Taken from `torch.polar` as Z-Image's tables are, so integer positions give its factors bit for bit.
+    """
     angles = rope_angles(positions, axes_dims, theta)  # (N, Dh/2)
-    return torch.cos(angles), torch.sin(angles)
+    factors = torch.polar(torch.ones_like(angles), angles)  # (N, Dh/2) complex64
+    return factors.real.contiguous(), factors.imag.contiguous()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
