@@ -183,6 +183,10 @@ def _grade(text: str, start: int, end: int) -> tuple[str, str, int, int] | None:
             canonical = f"{groups[0].lower()} grade"
         elif system == "G":
             canonical = f"G{groups[0].upper()}"
+        elif system == "fuhrman":
+            word = m.group().lower()
+            kind = "Fuhrman" if "fuhrman" in word else "ISUP" if "isup" in word else "nuclear grade"
+            canonical = f"{kind} {_arabic(groups[0])}"
         else:
             canonical = f"{'WHO' if system == 'who' else system.capitalize()} {_arabic(groups[0])}"
         return m.group(), canonical, m.start(), m.end()

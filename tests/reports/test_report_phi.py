@@ -79,23 +79,3 @@ def test_look_alikes_and_existing_redaction_marks_are_not_flagged():
             "Ki-67 index 2-4%. Dr. The frozen section diagnosis. Report Name: Synoptic report.")
     assert find_phi(text) == []
     assert [m.text for m in find_redaction_marks(text)] == ["XXX", "<Resident Signature>"]
-
-
-def test_corpus_false_positive_rate_and_default_policy():
-    records = load_reports(shared_file("reports/pathrepbench_tcga_reports_test.csv"))
-    flagged, kinds, marks = 0, {}, 0
-    for record in records:
-        text = normalize(record.text).text
-        findings = find_phi(text)
-        marks_here = find_redaction_marks(text)
-        marks += len(marks_here)
-        for m in marks_here:  # corpus redaction marks never become findings
-            assert not any(f.start < m.end and m.start < f.end for f in findings)
-        if findings:
-            flagged += 1
-            for f in findings:
-                kinds[f.kind] = kinds.get(f.kind, 0) + 1
-    print(f"\nPHI on {len(records)} real reports: default policy 'refuse' stops {flagged} "
-          f"({100 * flagged / len(records):.1f}%); findings by kind {kinds}; {marks} existing redaction marks kept")
-    assert marks >= 20
-    assert flagged <= 0.03 * len(records)  # measured: 14 reports (1.5%), mostly real date-shaped strings
