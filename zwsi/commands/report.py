@@ -108,6 +108,7 @@ def run_check(args: argparse.Namespace) -> int:
         "phi_refused": refused,
         "redaction_marks": [{"start": m.start, "end": m.end, "text": m.text} for m in marks],
         "encoder": cond.encoder,
+        "encoded_string": None if refused else cond.encoded_string,
         "n_tokens": cond.n_tokens,
         "n_tokens_full": cond.n_tokens_full,
         "max_length": cond.max_length,
