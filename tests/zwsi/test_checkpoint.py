@@ -316,3 +316,19 @@ def test_bad_arguments(model: S3DiT, tmp_path: Path) -> None:
         load_transformer(tmp_path, dtype=torch.float64)
     with pytest.raises(ValueError, match="unknown S3DiT preset 'huge'"):
         load_transformer(tmp_path / "diffusion_pytorch_model.safetensors", config="huge")
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", "latent_channels": 16}))
+    with pytest.raises(CheckpointError, match="describes a AutoencoderKL, not the Z-Image transformer"):
+        load_transformer(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        load_transformer(tmp_path)
+
+
+def test_save_keeps_files_it_did_not_write(model: S3DiT, tmp_path: Path) -> None:
+    """A re-save replaces its own shards and index, and leaves other files (a variant, notes) alone."""
+    (tmp_path / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"other")
+    (tmp_path / "README.md").write_text("notes")
+    save_pretrained(model, tmp_path, max_shard_size=800_000)
+    save_pretrained(model, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "README.md", "config.json", "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors"]

@@ -45,6 +45,8 @@ SHARD_PATTERN = "diffusion_pytorch_model{suffix}.safetensors"  # huggingface_hub
 PIPELINE_SUBFOLDER = "transformer"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 COMFYUI_PREFIX = "model.diffusion_model."
+CLASS_NAMES = ("ZImageTransformer2DModel", "S3DiT")  # accepted `_class_name` values in config.json
+_OWN_FILE = re.compile(r"diffusion_pytorch_model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")  # what a save writes
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -172,7 +174,7 @@ def save_pretrained(model: nn.Module, directory: PathLike, *, max_shard_size: in
         os.replace(tmp, final)
     cfg.to_json(directory / CONFIG_NAME)
     keep = {final.name for _, final in written}
-    stale = [p for p in directory.glob("diffusion_pytorch_model*.safetensors*") if p.name not in keep]
+    stale = [p for p in directory.iterdir() if _OWN_FILE.fullmatch(p.name) and p.name not in keep]
     for p in stale:  # an older save's shards or index would contradict the new files
         p.unlink()
     logger.info("saved S3DiT to %s: %d weight file(s)%s", directory, len(split.filename_to_tensors),
@@ -491,6 +493,14 @@ def _resolve_config(source: _Source, config: S3DiTConfig | str | None) -> tuple[
     elif config is not None:
         raise ValueError(f"config={config!r}: expected an S3DiTConfig, a preset name, or None")
     if source.config_json is not None:
+        try:
+            raw = json.loads(source.config_json.read_text())
+        except json.JSONDecodeError:
+            raw = {}  # S3DiTConfig.from_json below reports the JSON error
+        class_name = raw.get("_class_name", CLASS_NAMES[0]) if isinstance(raw, dict) else CLASS_NAMES[0]
+        if class_name not in CLASS_NAMES:
+            raise CheckpointError(f"{source.config_json} describes a {class_name}, not the Z-Image transformer "
+                                  f"(expected _class_name in {list(CLASS_NAMES)})")
         found = S3DiTConfig.from_json(source.config_json)
         if given is not None and given != found:
             diff = {k: (v, found.to_dict()[k]) for k, v in given.to_dict().items() if found.to_dict()[k] != v}
