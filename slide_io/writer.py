@@ -356,43 +356,54 @@ def _level0_tiles(
 ) -> Iterator[bytes]:
     """Encoded level-0 tiles in TIFF order, one band of tiles at a time.
 
-    Each tile goes to the encoder threads as it is read and is halved on its own (tiles have even sizes except at
-    the slide edge, so this equals halving the band); the next band is read while this band is being encoded.
+    Each tile goes to the worker threads as it is read, to be encoded and halved there (tiles have even sizes
+    except at the slide edge, so halving tile by tile equals halving the band; codecs and PIL release the GIL).
+    The next band is read while this band is being processed; the halved band then feeds the reduced levels.
     """
     width, height = size
+    reduce = bool(pyramid.levels)
+    keep0 = pyramid.level0_kept
+
+    def work(t: NDArray[np.uint8], w: int, h: int) -> tuple[bytes, NDArray[np.uint8] | None]:
+        full = t if (w, h) == (tile, tile) else np.pad(
+            t, ((0, tile - h), (0, tile - w), (0, 0)), mode="edge" if pad_edge else "constant"
+        )
+        return encode(np.ascontiguousarray(full)), downsample2(t) if reduce else None
+
+    def finish(y: int, h: int, futures: list[Future[tuple[bytes, NDArray[np.uint8] | None]]]) -> Iterator[bytes]:
+        results = [f.result() for f in futures]
+        if reduce:  # feed the reduced levels before the last yield: tifffile stops pulling after the last tile
+            half = np.empty(((h + 1) // 2, (width + 1) // 2, 3), np.uint8)
+            for i, (_, small) in enumerate(results):
+                assert small is not None
+                half[:, i * tile // 2 : i * tile // 2 + small.shape[1]] = small
+            pyramid.add_level1_rows(half, last=y + h == height)
+        for data, _ in results:
+            yield data
+
     bands = range(0, height, tile)
     if progress:
         from tqdm import tqdm
 
         bands = tqdm(bands, desc=f"writing {path.name}", unit="band")  # type: ignore[assignment]
-    pending: list[Future[bytes]] = []
-    keep0 = pyramid.level0_kept
+    pending: tuple[int, int, list[Future[tuple[bytes, NDArray[np.uint8] | None]]]] | None = None
     for y in bands:
         h = min(tile, height - y)
-        half = np.empty(((h + 1) // 2, (width + 1) // 2, 3), np.uint8) if len(pyramid.levels) else None
-        full = np.empty((h, width, 3), np.uint8) if keep0 is not None else None
+        full_band = np.empty((h, width, 3), np.uint8) if keep0 is not None else None
         futures = []
         for x in range(0, width, tile):
             w = min(tile, width - x)
             t = _check_tile(src(x, y, w, h), x, y, w, h, path)
-            if w != tile or h != tile:
-                pad = ((0, tile - h), (0, tile - w), (0, 0))
-                futures.append(pool.submit(encode, np.pad(t, pad, mode="edge") if pad_edge else np.pad(t, pad)))
-            else:
-                futures.append(pool.submit(encode, np.ascontiguousarray(t)))
-            if half is not None:
-                half[:, x // 2 : x // 2 + (w + 1) // 2] = downsample2(t)
-            if full is not None:
-                full[:, x : x + w] = t
-        if full is not None and keep0 is not None:
-            keep0.append(full)
-        if half is not None:
-            pyramid.add_level1_rows(half, last=y + h == height)
-        for f in pending:
-            yield f.result()
-        pending = futures
-    for f in pending:
-        yield f.result()
+            futures.append(pool.submit(work, t, w, h))
+            if full_band is not None:
+                full_band[:, x : x + w] = t
+        if keep0 is not None and full_band is not None:
+            keep0.append(full_band)
+        if pending is not None:
+            yield from finish(*pending)
+        pending = (y, h, futures)
+    if pending is not None:
+        yield from finish(*pending)
 
 
 def _write_levels(
