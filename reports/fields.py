@@ -67,6 +67,9 @@ HISTOLOGIC_TYPES: tuple[tuple[str, str], ...] = (
     ("carcinoma", r"carcinoma"),
 )
 _TYPES = [(label, re.compile(rf"\b(?:{pattern})", re.IGNORECASE)) for label, pattern in HISTOLOGIC_TYPES]
+_TYPES_COMBINED = re.compile(
+    r"\b(?:" + "|".join(f"(?P<t{i}>{pattern})" for i, (_, pattern) in enumerate(HISTOLOGIC_TYPES)) + ")", re.IGNORECASE
+)
 _NEGATED = re.compile(r"(?:\bno\b|\bnegative for\b|\bfree of\b|\bwithout\b|\babsent\b|\bnot\b|\bno evidence of\b|\brule out\b|\br/o\b)[^.;:]{0,40}$", re.IGNORECASE)
 _TYPE_KEY = re.compile(r"histologic(?:al)? (?:tumou?r )?type(?:/subtype)?\s*:\s*([^.;\n]{3,120})|tumou?r type\s*:\s*([^.;\n]{3,120})", re.IGNORECASE)
 
@@ -155,17 +158,11 @@ def _histologic_type(text: str, start: int, end: int) -> tuple[str, str, int, in
         for label, pattern in _TYPES:
             if pattern.search(statement):
                 return statement, label, m.start(group), m.start(group) + len(statement)
-    best: tuple[int, int, str] | None = None
-    for label, pattern in _TYPES:
-        for m in pattern.finditer(text, start, end):
-            if _NEGATED.search(text, max(start, m.start() - 60), m.start()):
-                continue
-            if best is None or m.start() < best[0]:
-                best = (m.start(), m.end(), label)
-            break
-    if best is None:
-        return None
-    return text[best[0]:best[1]], best[2], best[0], best[1]
+    for m in _TYPES_COMBINED.finditer(text, start, end):  # earliest statement; at a tie the most specific type
+        if not _NEGATED.search(text, max(start, m.start() - 60), m.start()):
+            label = HISTOLOGIC_TYPES[int(m.lastgroup[1:])][0]  # type: ignore[index]
+            return m.group(), label, m.start(), m.end()
+    return None
 
 
 def _grade(text: str, start: int, end: int) -> tuple[str, str, int, int] | None:
