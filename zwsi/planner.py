@@ -26,7 +26,7 @@ Typical use by the generation pipeline::
     for level in plan.generation_order():
         todo = plan.windows(level) if level == plan.coarsest else tissue_windows(plan, level, mask, mask_mpp)
         for phase in range(4):
-            for batch in phase_batches([w for w in todo if w.phase == phase], 8, rank, world):
+            for batch in phase_batches([w for w in todo if w.phase == phase], 8, rank=rank, world_size=world):
                 samples = [build_sample(plan, w, store.read, report, window_noise(plan, w)) for w in batch]
                 ...  # sample(sequence_denoiser(model, samples), [s.target.latents for s in samples])
 """
@@ -243,15 +243,25 @@ def plan_slide(
 
 
 # ---- which windows, in which order ------------------------------------------------------------------------------
-def neighbours(plan: SlidePlan, window: Window) -> list[tuple[int, int]]:
-    """(drow, dcol) offsets of the neighbours a window sees: those in the grid generated in an earlier phase."""
+def phase_offsets(phase: int) -> list[tuple[int, int]]:
+    """(drow, dcol) of the neighbours a window of ``phase`` sees: those whose phase is earlier.
+
+    A: none; B: (0, ±1); C: (±1, 0) and the four diagonals; D: all eight (DESIGN §3).
+    """
+    if phase not in range(len(PHASES)):
+        raise ValueError(f"phase must be 0..3 (A..D), got {phase}")
+    r, c = divmod(phase, 2)  # a window of this phase sits at row parity r, column parity c
+    return [(dr, dc) for dr, dc in NEIGHBOUR_OFFSETS if phase_of(r + dr, c + dc) < phase]
+
+
+def neighbours(plan: SlidePlan, window: Window, *, phase: int | None = None) -> list[tuple[int, int]]:
+    """Offsets of the neighbours a window sees: :func:`phase_offsets` of its phase, inside the grid.
+
+    ``phase`` overrides the window's own phase (training draws the four context patterns for any window).
+    """
     rows, cols = plan.level(window.level).grid
-    seen = []
-    for dr, dc in NEIGHBOUR_OFFSETS:
-        r, c = window.row + dr, window.col + dc
-        if 0 <= r < rows and 0 <= c < cols and phase_of(r, c) < window.phase:
-            seen.append((dr, dc))
-    return seen
+    offsets = phase_offsets(window.phase if phase is None else phase)
+    return [(dr, dc) for dr, dc in offsets if 0 <= window.row + dr < rows and 0 <= window.col + dc < cols]
 
 
 def tissue_windows(
@@ -344,14 +354,17 @@ def _strip(n: int, k: int, d: int) -> tuple[int, int]:
     return {-1: (-k, 0), 0: (0, n), 1: (n, n + k)}[d]
 
 
-def context_specs(plan: SlidePlan, window: Window) -> list[ContextSpec]:
-    """The clean contexts of a window: neighbour strips (earlier phases, raster order), then the parent overview."""
+def context_specs(plan: SlidePlan, window: Window, *, phase: int | None = None) -> list[ContextSpec]:
+    """The clean contexts of a window: neighbour strips (earlier phases, raster order), then the parent overview.
+
+    ``phase`` overrides the window's own phase, as in :func:`neighbours`.
+    """
     cfg, p = plan.config, plan.config.patch_size
     n, k = cfg.window_tokens, cfg.context_tokens
     oy, ox = window.row * n, window.col * n  # target origin in level tokens
     specs = []
     if k > 0:
-        for dr, dc in neighbours(plan, window):
+        for dr, dc in neighbours(plan, window, phase=phase):
             (h0, h1), (w0, w1) = _strip(n, k, dr), _strip(n, k, dc)
             rows, cols = ((oy + h0) * p, (oy + h1) * p), ((ox + w0) * p, (ox + w1) * p)
             specs.append(ContextSpec("neighbour", window.level, rows, cols, 0, float(h0), float(w0), 1.0, (dr, dc)))

@@ -14,6 +14,7 @@ from zwsi.planner import (
     magnification_ladder,
     neighbours,
     phase_batches,
+    phase_offsets,
     plan_slide,
     tissue_windows,
     window_noise,
@@ -71,6 +72,17 @@ DESIGN_NEIGHBOURS = {
     "C": {(-1, 0), (1, 0), (-1, -1), (-1, 1), (1, -1), (1, 1)},
     "D": {(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)},
 }
+
+
+def test_phase_offsets_are_the_design_table_and_can_be_forced_for_training(plan) -> None:
+    for phase, name in enumerate(PHASES):
+        assert set(phase_offsets(phase)) == DESIGN_NEIGHBOURS[name]
+    # training: window (2, 2) is an A window, but can be given the D pattern (all eight neighbours, then overview)
+    w = plan.window(0, 2, 2)
+    assert neighbours(plan, w) == []
+    assert [s.offset for s in context_specs(plan, w, phase=3)][:-1] == sorted(DESIGN_NEIGHBOURS["D"])
+    with pytest.raises(ValueError, match="phase must be 0..3 \\(A..D\\), got 4"):
+        phase_offsets(4)
 
 
 def test_each_phase_sees_exactly_the_design_neighbours_generated_earlier(plan) -> None:
@@ -234,3 +246,29 @@ def test_window_sequences_drive_the_tiny_s3dit(plan) -> None:
         changed = model([build_sample(plan, windows[0], read, report, window_noise(plan, windows[0]))])[0]
         assert (changed - pred).abs().max() > 1e-4
         torch.testing.assert_close(model(samples)[0], pred, atol=1e-5, rtol=1e-5)
+
+
+def test_window_sequences_train_with_flow_loss(plan) -> None:
+    """Training composes the same pieces: planner samples -> sequence_denoiser -> flow_loss, gradients reach weights."""
+    from zwsi.flow import flow_loss, sample_sigmas
+    from zwsi.model.config import S3DiTConfig
+    from zwsi.model.s3dit import S3DiT
+    from zwsi.sampling import sequence_denoiser
+
+    torch.manual_seed(0)
+    model = S3DiT(S3DiTConfig.preset("tiny"))
+    canvas = {lv: torch.randn(16, *plan.level(lv).latent_shape) for lv in range(3)}
+
+    def read(lv, rows, cols):
+        return canvas[lv][:, rows[0] : rows[1], cols[0] : cols[1]]
+
+    windows = [plan.window(0, 2, 2), plan.window(0, 3, 3)]
+    x0 = [read(0, *w.latent_box(CFG))[:, None] for w in windows]  # clean targets from the "store"
+    samples = [build_sample(plan, w, read, torch.randn(6, 32), x, specs=context_specs(plan, w, phase=p))
+               for w, x, p in zip(windows, x0, (1, 3))]
+    g = torch.Generator().manual_seed(0)
+    loss = flow_loss(sequence_denoiser(model, samples), x0, sample_sigmas(2, shift=3.0, generator=g), generator=g)
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert model.all_x_embedder["2-1"].weight.grad.abs().sum() > 0
+    assert model.cap_embedder[1].weight.grad.abs().sum() > 0

@@ -128,3 +128,49 @@ def test_cfg_needs_the_unconditional_model_and_a_valid_schedule() -> None:
         sample(lambda x, t: x, torch.zeros(1, 4), sigmas=torch.tensor([1.0, 1.0, 0.0]))
     with pytest.raises(ValueError, match="model returned 1 predictions for a batch of 2"):
         sample(lambda x, t: x[:1], torch.zeros(2, 4))
+
+
+def test_sampler_equals_diffusers_zimage_pipeline_with_cfg_truncation_and_normalisation() -> None:
+    """Our loop reproduces ZImagePipeline's (diffusers 0.42) denoising on the same transformer, and so does the
+    packed S3-DiT with the same weights driven through `sequence_denoiser` and Z-Image's own t2i sequence."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    from zwsi.model.config import S3DiTConfig
+    from zwsi.model.s3dit import S3DiT
+    from zwsi.model.sequence import t2i_sample
+    from zwsi.sampling import sequence_denoiser
+
+    config = S3DiTConfig.preset("tiny")
+    torch.manual_seed(0)
+    reference = ZImageTransformer2DModel(**config.to_dict()).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
+    pipe = ZImagePipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, transformer=reference)
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(1)
+    pos, neg, noise = torch.randn(7, 32, generator=gen), torch.randn(3, 32, generator=gen), torch.randn(1, 16, 8, 8, generator=gen)
+    cfg = dict(guidance_scale=2.0, cfg_truncation=0.4, cfg_normalization=1.2)
+    expected = pipe(
+        prompt_embeds=[pos], negative_prompt_embeds=[neg], height=64, width=64, num_inference_steps=8,
+        latents=noise.clone(), output_type="latent", **cfg,
+    ).images
+
+    def denoiser(cap: torch.Tensor):
+        def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return torch.stack([o[:, 0] for o in reference(list(x.unsqueeze(2)), t, [cap], return_dict=False)[0]])
+
+        return model
+
+    with torch.no_grad():
+        ours = sample(denoiser(pos), noise.clone(), uncond_model=denoiser(neg), **cfg)
+        torch.testing.assert_close(ours, expected, atol=2e-6, rtol=0)
+        unnormalised = sample(denoiser(pos), noise.clone(), uncond_model=denoiser(neg), guidance_scale=2.0, cfg_truncation=0.4)
+        assert (unnormalised - expected).abs().max() > 1e-3  # the norm cap was active on this run
+
+        s3dit = S3DiT(config).eval()
+        s3dit.load_state_dict(reference.state_dict(), strict=True)
+        x0 = noise[0].unsqueeze(1)  # (16, 1, 8, 8)
+        ours_packed = sample(
+            sequence_denoiser(s3dit, [t2i_sample(x0, 0.0, pos)]), [x0.clone()],
+            uncond_model=sequence_denoiser(s3dit, [t2i_sample(x0, 0.0, neg)]), **cfg,
+        )[0]
+    torch.testing.assert_close(ours_packed[:, 0], expected[0], atol=1e-5, rtol=1e-5)
