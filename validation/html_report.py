@@ -1,0 +1,267 @@
+"""Self-contained HTML report of a validation run: every image is an embedded base64 PNG, no external files."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from validation.morphology import STATISTICS
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:1.6em;margin-bottom:4px}h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;margin:8px 0;font-size:.9em}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.flag{background:#fde2e2}.ok{color:#286a2d}
+.pair{display:inline-block;margin:6px;text-align:center;font-size:.8em}.side{display:flex;gap:16px;flex-wrap:wrap}
+.side figure{margin:0}figcaption{font-size:.85em;color:#555;text-align:center}.muted{color:#666;font-size:.9em}
+ul.findings li{margin:4px 0}
+"""
+
+
+def png_data_uri(image: NDArray[np.uint8] | Image.Image, max_side: int | None = None) -> str:
+    """An image as a `data:image/png;base64,...` URI (downscaled to `max_side` when given)."""
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    if max_side and max(img.size) > max_side:
+        img = img.copy()
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def img_tag(image: NDArray[np.uint8] | Image.Image, alt: str, max_side: int | None = None, width: int | None = None
+            ) -> str:
+    w = f' width="{width}"' if width else ""
+    return f'<img src="{png_data_uri(image, max_side)}" alt="{html.escape(alt)}"{w}>'
+
+
+def figure_uri(fig: Any) -> str:
+    """A matplotlib figure as a PNG data URI (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def montage(tiles: NDArray[np.uint8], columns: int = 4, count: int = 8, side: int = 128) -> NDArray[np.uint8]:
+    """A grid of the first `count` tiles, each resized to `side` px, 2 px white gutters."""
+    picked = tiles[:count]
+    rows = max(1, -(-len(picked) // columns))
+    out = np.full((rows * (side + 2), columns * (side + 2), 3), 255, np.uint8)
+    for i, tile in enumerate(picked):
+        small = np.asarray(Image.fromarray(tile).resize((side, side), Image.Resampling.LANCZOS))
+        r, c = divmod(i, columns)
+        out[r * (side + 2):r * (side + 2) + side, c * (side + 2):c * (side + 2) + side] = small
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _iv(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "–"
+    return f"{_fmt(d['value'])} <span class='muted'>[{_fmt(d['low'])}, {_fmt(d['high'])}]</span>"
+
+
+def _metric_table(level: dict[str, Any]) -> str:
+    rows = []
+    for name, label in (("frechet_distance", "Fréchet distance (features)"), ("mmd", "MMD² linear (features)")):
+        m = level["features"][name]
+        cls = " class='flag'" if m["beyond_reference"] else ""
+        rows.append(f"<tr{cls}><td>{label}</td><td>{_iv(m)}</td><td>{_iv(m['real_vs_real'])}</td>"
+                    f"<td>{_fmt(m['matched'])}</td></tr>")
+    d = level["diversity"]
+    cls = " class='flag'" if d["less_diverse_than_real"] else ""
+    rows.append(f"<tr{cls}><td>MS-SSIM among tile pairs (synthetic | real)</td><td>{_iv(d['synthetic'])}</td>"
+                f"<td>{_iv(d['real'])}</td><td>–</td></tr>")
+    mac = level["stain_vectors"]
+    if mac.get("available"):
+        for stain in ("hematoxylin", "eosin"):
+            m = mac[f"{stain}_angle_deg"]
+            cls = " class='flag'" if m["beyond_reference"] else ""
+            rows.append(f"<tr{cls}><td>Macenko {stain} vector angle (°)</td><td>{_iv(m)}</td>"
+                        f"<td>{_iv(m['real_vs_real'])}</td><td>–</td></tr>")
+    if "paired" in level:
+        p = level["paired"]
+        rows.append(f"<tr><td>SSIM, paired tiles</td><td>{_iv(p['ssim'])}</td><td>1 (identical)</td><td>–</td></tr>")
+        rows.append(f"<tr><td>PSNR dB, paired tiles (cap {p['psnr_cap_db']:.0f})</td><td>{_iv(p['psnr_db'])}</td>"
+                    f"<td>∞ (identical)</td><td>–</td></tr>")
+    head = ("<tr><th>metric</th><th>real vs synthetic [95% CI]</th><th>real vs real (disjoint halves)</th>"
+            "<th>size-matched</th></tr>")
+    stats = ["<tr><th>statistic</th><th>real mean</th><th>synthetic mean</th><th>synthetic − real [95% CI]</th>"
+             "<th>real-vs-real difference</th></tr>"]
+    for name in STATISTICS:
+        s = level["statistics"][name]
+        cls = " class='flag'" if s["beyond_reference"] else ""
+        stats.append(f"<tr{cls}><td>{name.replace('_', ' ')} ({html.escape(s['unit'])})</td><td>{_fmt(s['real_mean'])}"
+                     f"</td><td>{_fmt(s['synthetic_mean'])}</td><td>{_iv(s['difference'])}</td>"
+                     f"<td>{_iv(s['real_vs_real'])}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table><table>{''.join(stats)}</table>"
+
+
+def _plots(result: Any, key: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    px = result.hed_pixels[key]
+    stats = result.statistics[key]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+    for ax, ch, label in ((axes[0], 0, "hematoxylin"), (axes[1], 1, "eosin")):
+        for role, color in (("real", "tab:blue"), ("synthetic", "tab:orange")):
+            if len(px[role]):
+                ax.hist(px[role][:, ch], bins=60, density=True, histtype="step", color=color, label=role)
+        ax.set_title(f"{label} (rgb2hed), tissue pixels")
+        ax.legend()
+    for ax, name in ((axes[2], "nuclei_density"), (axes[3], "sharpness")):
+        ax.boxplot([stats["real"][name], stats["synthetic"][name]], tick_labels=["real", "synthetic"])
+        ax.set_title(name.replace("_", " ") + " per tile")
+    fig.tight_layout()
+    parts = [f'<img src="{figure_uri(fig)}" alt="distributions {html.escape(key)}" width="1100">']
+    mem = result.memorisation.get(key)
+    if mem is not None:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        bins = np.linspace(0, max(mem.heldout_distance.max(), mem.generated_distance.max()) * 1.05 + 1e-6, 30)
+        ax.hist(mem.heldout_distance, bins=bins, alpha=0.6, label="held-out real → training")
+        ax.hist(mem.generated_distance, bins=bins, alpha=0.6, label="synthetic → training")
+        ax.axvline(mem.threshold, color="red", ls="--", label="near-copy threshold")
+        ax.set_xlabel("nearest-neighbour distance (normalised features)")
+        ax.legend(fontsize=8)
+        parts.append(f'<img src="{figure_uri(fig)}" alt="memorisation distances" width="560">')
+    return "".join(parts)
+
+
+def _flagged_pairs(result: Any, key: str) -> str:
+    mem = result.memorisation.get(key)
+    if mem is None:
+        return ""
+    if not mem.flagged:
+        return "<p class='ok'>No synthetic tile is closer to a training tile than the near-copy threshold " \
+               f"({mem.threshold:.4g}).</p>"
+    synth = result.synthetic.levels[key]
+    train = result.training.levels[key]
+    cells = []
+    for i in mem.flagged[:12]:
+        j = int(mem.generated_neighbour[i])
+        cells.append(f"<div class='pair'>{img_tag(synth.tiles[i], 'synthetic', 160)} {img_tag(train.tiles[j], 'training', 160)}"
+                     f"<br>synthetic {html.escape(synth.origins[i])}<br>training {html.escape(train.origins[j])}"
+                     f"<br>distance {mem.generated_distance[i]:.4g}</div>")
+    return f"<h3>Flagged near-copies ({len(mem.flagged)})</h3>" + "".join(cells)
+
+
+def _thumbnails(result: Any) -> str:
+    import slide_io
+
+    figs = []
+    for role, ts in (("real", result.real), ("synthetic", result.synthetic)):
+        if ts.slides:
+            with slide_io.open_slide(ts.slides[0]) as slide:
+                thumb = slide.get_thumbnail((480, 480))
+            figs.append(f"<figure>{img_tag(thumb, role)}<figcaption>{role}: {html.escape(ts.slides[0].name)}"
+                        "</figcaption></figure>")
+        else:
+            first = next(iter(ts.levels.values()))
+            figs.append(f"<figure>{img_tag(montage(first.tiles), role)}<figcaption>{role}: first tiles"
+                        "</figcaption></figure>")
+    return f"<div class='side'>{''.join(figs)}</div>"
+
+
+def _zooms(result: Any) -> str:
+    """The same place at up to three magnifications, real above synthetic."""
+    import slide_io
+
+    keys = [k for k in result.metrics["levels"]][:3]
+    if result.real.slides and result.synthetic.slides:
+        finest = result.real.levels[keys[0]]
+        x, y = finest.locations[0] if finest.locations else (0, 0)
+        rows = []
+        for role, ts in (("real", result.real), ("synthetic", result.synthetic)):
+            cells = []
+            with slide_io.open_slide(ts.slides[0]) as slide:
+                base = slide.mpp.x
+                for key in keys:
+                    mpp = result.real.levels[key].mpp
+                    side = 256
+                    half0 = side * mpp / base / 2
+                    cx, cy = x + finest.tiles.shape[2] * finest.mpp / base / 2, y + finest.tiles.shape[1] * finest.mpp / base / 2
+                    crop = slide.read_region_mpp((round(cx - half0), round(cy - half0)), mpp, (side, side))
+                    cells.append(f"<figure>{img_tag(crop, key)}<figcaption>{role}, {html.escape(key)}</figcaption></figure>")
+            rows.append(f"<div class='side'>{''.join(cells)}</div>")
+        return "".join(rows)
+    rows = []
+    for role, ts in (("real", result.real), ("synthetic", result.synthetic)):
+        cells = [f"<figure>{img_tag(ts.levels[k].tiles[0], k, 256)}<figcaption>{role}, {html.escape(k)}</figcaption>"
+                 "</figure>" for k in keys if k in ts.levels]
+        rows.append(f"<div class='side'>{''.join(cells)}</div>")
+    return "".join(rows)
+
+
+def _slides_section(metrics: dict[str, Any]) -> str:
+    rows = []
+    for role, slides in metrics["slides"].items():
+        for s in slides:
+            for key, seam in s["seams"].items():
+                worst = seam["flagged"][0] if seam["flagged"] else None
+                where = (f"{worst['axis']}={worst['position']} px [{worst['start']}, {worst['end']}) "
+                         f"ratio {worst['ratio']:.2f}") if worst else "–"
+                cls = " class='flag'" if seam["flagged"] else ""
+                rows.append(f"<tr{cls}><td>{role}: {html.escape(s['name'])}</td><td>{html.escape(key)}</td>"
+                            f"<td>{seam['score']:.3f}</td><td>{len(seam['flagged'])} / {seam['n_segments']}</td>"
+                            f"<td>{where}</td></tr>")
+    seams = ("<table><tr><th>slide</th><th>level</th><th>seam score (border / inside energy)</th>"
+             "<th>flagged segments</th><th>worst</th></tr>" + "".join(rows) + "</table>") if rows else \
+        "<p class='muted'>No slide large enough for a window-border check.</p>"
+    cons = []
+    for role, slides in metrics["slides"].items():
+        for s in slides:
+            for lc in s["level_consistency"]:
+                cons.append(f"<tr><td>{role}: {html.escape(s['name'])}</td><td>{lc['fine']} → {lc['fine'] + 1} "
+                            f"(×{lc['factor']})</td><td>{lc['psnr']:.2f}</td><td>{lc['ssim']:.4f}</td></tr>")
+    cons_html = ("<table><tr><th>slide</th><th>levels</th><th>PSNR dB</th><th>SSIM</th></tr>" + "".join(cons) +
+                 "</table>") if cons else "<p class='muted'>No slide with more than one pyramid level.</p>"
+    return f"<h3>Seams on the window grid</h3>{seams}<h3>Cross-magnification consistency</h3>{cons_html}"
+
+
+def render_report(result: Any) -> str:
+    """The HTML page for a `ValidationResult`."""
+    m = result.metrics
+    found = m["findings"]
+    finding_html = ("<ul class='findings'>" + "".join(f"<li>{html.escape(f)}</li>" for f in found) + "</ul>") if found \
+        else "<p class='ok'>No check saw a difference beyond the real-vs-real reference.</p>"
+    inputs = "".join(f"<tr><td>{role}</td><td>{'<br>'.join(html.escape(p) for p in paths)}</td></tr>"
+                     for role, paths in m["inputs"].items())
+    levels = []
+    for key, level in m["levels"].items():
+        levels.append(f"<h2>Level {html.escape(key)}</h2><p class='muted'>{level['n_real']} real and "
+                      f"{level['n_synthetic']} synthetic tiles of {level['tile_size']} px. Rows in red differ beyond "
+                      "the real-vs-real reference.</p>" + _metric_table(level) + _plots(result, key)
+                      + _flagged_pairs(result, key))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Z-WSI validation report</title><style>{CSS}</style></head>
+<body>
+<h1>Z-WSI validation report</h1>
+<p>Feature extractor: <b>{html.escape(m['feature_extractor'])}</b>. Intervals are 95% percentile bootstrap over
+tiles ({m['config']['n_resamples']} resamples, seed {m['config']['seed']}).</p>
+<table>{inputs}</table>
+<h2>Findings</h2>{finding_html}
+<h2>Thumbnails</h2>{_thumbnails(result)}
+<h2>Zoomed crops</h2>{_zooms(result)}
+{''.join(levels)}
+<h2>Gigapixel checks</h2>{_slides_section(m)}
+</body></html>
+"""
