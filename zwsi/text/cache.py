@@ -58,16 +58,31 @@ class EmbeddingCache:
         os.replace(tmp, path)
         return path
 
-    def encode(self, encoder: _Encoder, texts: Sequence[str], *, batch_size: int = 8) -> list[torch.Tensor]:
+    def encode(
+        self, encoder: _Encoder, texts: Sequence[str], *, batch_size: int = 8, progress: bool = False
+    ) -> list[torch.Tensor]:
         """Features for every text: cached ones are read, the others encoded in batches and stored.
+
+        An interrupted run keeps every batch already stored; the next run encodes only the rest.
+
+        Args:
+            encoder: a text encoder (`zwsi.text.encoders.TextEncoder`).
+            texts: the texts to encode (duplicates are encoded once).
+            batch_size: texts per encoder call.
+            progress: show a tqdm progress bar over the batches to encode.
 
         Returns:
             One (L_i, D) tensor per text, on the CPU, in the order of `texts`.
         """
         out: list[torch.Tensor | None] = [self.get(encoder, t) for t in texts]
-        missing = sorted({t for t, f in zip(texts, out) if f is None}, key=list(texts).index)
+        missing = list(dict.fromkeys(t for t, f in zip(texts, out) if f is None))
         computed: dict[str, torch.Tensor] = {}
-        for i in range(0, len(missing), batch_size):
+        starts = range(0, len(missing), batch_size)
+        if progress:
+            from tqdm import tqdm
+
+            starts = tqdm(starts, desc="encoding texts", unit="batch")
+        for i in starts:
             batch = missing[i:i + batch_size]
             for text, features in zip(batch, encoder.encode(batch)):
                 self.put(encoder, text, features)

@@ -92,6 +92,7 @@ class PromptTokenizer:
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         self.tokenizer_json = tokenizer_json
+        self._specials: tuple[str, ...] | None = None
         self.max_length = max_length
         self.template = template
         self.name = name
@@ -124,7 +125,18 @@ class PromptTokenizer:
     # ---- ConditioningTokenizer protocol -------------------------------------------------------------------------
 
     def format_with_span(self, text: str) -> tuple[str, int, int]:
-        """The exact string the encoder tokenizes, and where `text` lies in it."""
+        """The exact string the encoder tokenizes, and where `text` lies in it.
+
+        Raises:
+            ValueError: `text` holds one of the tokenizer's special tokens (e.g. ``<|im_end|>``), which would
+                change the prompt's structure instead of being read as report text.
+        """
+        for special in self.special_tokens:
+            if special in text:
+                raise ValueError(
+                    f"report text contains the special token {special!r} of tokenizer {self.name!r}; "
+                    f"it would be read as prompt structure, not text: remove it from the report"
+                )
         start = len(self.template.prefix)
         return self.template.prefix + text + self.template.suffix, start, start + len(text)
 
@@ -135,6 +147,14 @@ class PromptTokenizer:
     def content_offsets(self, formatted: str) -> list[tuple[int, int]]:
         """Character span of each token of `formatted`, before truncation, without post-processor specials."""
         return [tuple(o) for o in self._tokenizer.encode(formatted, add_special_tokens=False).offsets]
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        """The tokenizer's special tokens (e.g. ``<|im_start|>``, ``[CLS]``)."""
+        if self._specials is None:
+            decoder = self._tokenizer.get_added_tokens_decoder()
+            self._specials = tuple(t.content for t in decoder.values() if t.special)
+        return self._specials
 
     @property
     def num_special_tokens(self) -> int:
