@@ -14,12 +14,14 @@ Example::
     vae = VAE.from_folder("Z-Image-Turbo")                # reads Z-Image-Turbo/vae/
     z = vae.encode(rgb_uint8)                              # (16, H/8, W/8)
     rgb = vae.decode_tiled(z, tile=128, overlap=16)        # (H, W, 3) uint8
+    for y0, band in vae.iter_decode(lambda r, c: store.read(0, r, c), store.level_info(0).shape):
+        ...                                                # a gigapixel level, one band of tiles in memory
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -74,6 +76,53 @@ def blend_weights(spans: list[tuple[int, int]], size: int) -> np.ndarray:
     return ramps / total
 
 
+def iter_tiled(
+    read: Callable[[tuple[int, int], tuple[int, int]], Tensor],
+    latent_hw: tuple[int, int],
+    fn: Callable[[Tensor], Tensor],
+    *,
+    tile: int,
+    overlap: int,
+    f_out: int = 1,
+) -> Iterator[tuple[int, Tensor]]:
+    """Apply ``fn`` to overlapping tiles read one at a time and yield the blended result in finished row bands.
+
+    Tiles are laid out on the latent grid (:func:`tile_spans` of ``latent_hw``) and blended with
+    :func:`blend_weights`. Only one band of tiles (tile rows x full width) is held; the part of it that the next
+    tile row still overlaps is carried over. The bands, concatenated, are the whole blended canvas.
+
+    Args:
+        read: ``read((row0, row1), (col0, col1))`` -> the input of the latent span, ``(B, C, h', w')``.
+        latent_hw: (rows, cols) of the latent grid.
+        fn: the per-tile function; its output is ``f_out`` times the latent span, ``(B, C', h * f_out, w * f_out)``.
+        tile: tile side in latents.
+        overlap: minimal overlap of neighbouring tiles in latents.
+        f_out: output units per latent (8 for decode, 1 for encode).
+
+    Yields:
+        ``(y0, band)``: output row of the band's first row and the band ``(B, C', h_band, latent_hw[1] * f_out)``.
+    """
+    rows, cols = tile_spans(latent_hw[0], tile, overlap), tile_spans(latent_hw[1], tile, overlap)
+    out_w = latent_hw[1] * f_out
+    wy = torch.from_numpy(blend_weights([(s * f_out, e * f_out) for s, e in rows], latent_hw[0] * f_out)).float()
+    wx = torch.from_numpy(blend_weights([(s * f_out, e * f_out) for s, e in cols], out_w)).float()
+    carry: Tensor | None = None  # blended rows [y0, ...) of the previous tile rows, still overlapped
+    for i, (ys, ye) in enumerate(rows):
+        y0, y1 = ys * f_out, ye * f_out
+        band: Tensor | None = None
+        for j, (xs, xe) in enumerate(cols):
+            y = fn(read((ys, ye), (xs, xe)))  # (B, C', th * f_out, tw * f_out)
+            if band is None:
+                band = torch.zeros(y.shape[0], y.shape[1], y1 - y0, out_w, device=y.device)  # (B, C', h, W)
+                if carry is not None:
+                    band[:, :, : carry.shape[2]] += carry
+            weight = wy[i, y0:y1, None] * wx[j, None, xs * f_out : xe * f_out]  # (th * f_out, tw * f_out)
+            band[:, :, :, xs * f_out : xe * f_out] += y * weight.to(y.device)
+        stop = rows[i + 1][0] * f_out if i + 1 < len(rows) else y1
+        yield y0, band[:, :, : stop - y0]
+        carry = band[:, :, stop - y0 :]
+
+
 def tiled_apply(
     x: Tensor,
     latent_hw: tuple[int, int],
@@ -84,27 +133,16 @@ def tiled_apply(
     f_in: int = 1,
     f_out: int = 1,
 ) -> Tensor:
-    """Run ``fn`` on overlapping tiles of ``x`` ``(B, C, H, W)`` and blend the outputs into one canvas.
+    """:func:`iter_tiled` over an in-memory ``x`` ``(B, C, H, W)`` (``f_in`` input units per latent): one canvas.
 
-    Tiles are laid out on the latent grid (:func:`tile_spans` of ``latent_hw``); a latent span ``[s, e)`` is
-    ``[s * f_in, e * f_in)`` of the input and ``[s * f_out, e * f_out)`` of ``fn``'s output. Overlaps are blended
-    with :func:`blend_weights`, so a ``fn`` that acts locally gives exactly ``fn(x)``.
+    A ``fn`` that acts locally gives exactly ``fn(x)``: the blend weights sum to 1.
     """
-    rows, cols = tile_spans(latent_hw[0], tile, overlap), tile_spans(latent_hw[1], tile, overlap)
-    out_h, out_w = latent_hw[0] * f_out, latent_hw[1] * f_out
-    out_rows = [(s * f_out, e * f_out) for s, e in rows]
-    out_cols = [(s * f_out, e * f_out) for s, e in cols]
-    wy = torch.from_numpy(blend_weights(out_rows, out_h)).float().to(x.device)  # (n_rows, out_h)
-    wx = torch.from_numpy(blend_weights(out_cols, out_w)).float().to(x.device)  # (n_cols, out_w)
-    canvas: Tensor | None = None
-    for i, (ys, ye) in enumerate(rows):
-        for j, (xs, xe) in enumerate(cols):
-            y = fn(x[:, :, ys * f_in : ye * f_in, xs * f_in : xe * f_in])  # (B, C', th * f_out, tw * f_out)
-            if canvas is None:
-                canvas = torch.zeros(x.shape[0], y.shape[1], out_h, out_w, device=x.device)
-            (oys, oye), (oxs, oxe) = out_rows[i], out_cols[j]
-            canvas[:, :, oys:oye, oxs:oxe] += y * (wy[i, oys:oye, None] * wx[j, None, oxs:oxe])
-    return canvas
+
+    def read(rows: tuple[int, int], cols: tuple[int, int]) -> Tensor:
+        return x[:, :, rows[0] * f_in : rows[1] * f_in, cols[0] * f_in : cols[1] * f_in]
+
+    bands = [band for _, band in iter_tiled(read, latent_hw, fn, tile=tile, overlap=overlap, f_out=f_out)]
+    return torch.cat(bands, dim=2)
 
 
 class VAE:
@@ -226,6 +264,37 @@ class VAE:
         z, batched = self._to_model_latents(latents)
         out = tiled_apply(z, tuple(z.shape[-2:]), self._decode, tile=tile, overlap=overlap, f_out=self.spatial_factor)
         return self._to_uint8(out, batched)
+
+    def iter_decode(
+        self,
+        read: Callable[[tuple[int, int], tuple[int, int]], np.ndarray | Tensor],
+        latent_hw: tuple[int, int],
+        *,
+        tile: int = 128,
+        overlap: int = 16,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Stream-decode a latent canvas too large for memory, yielding finished uint8 row bands top to bottom.
+
+        The bands, stacked, equal :meth:`decode_tiled` of the whole canvas; memory holds one band of tiles.
+
+        Args:
+            read: ``read((row0, row1), (col0, col1)) -> (C, h, w)`` latents, e.g.
+                ``lambda rows, cols: store.read(level, rows, cols)``.
+            latent_hw: (rows, cols) of the latent canvas.
+            tile: tile size in latents.
+            overlap: minimal tile overlap in latents.
+
+        Yields:
+            ``(y0, band)``: the band's first pixel row and the uint8 band ``(h, latent_hw[1] * 8, 3)``.
+        """
+
+        def read_tile(rows: tuple[int, int], cols: tuple[int, int]) -> Tensor:
+            z = read(rows, cols)
+            return self._to_model_latents(z if isinstance(z, Tensor) else torch.from_numpy(np.asarray(z)))[0]
+
+        f = self.spatial_factor
+        for y0, band in iter_tiled(read_tile, latent_hw, self._decode, tile=tile, overlap=overlap, f_out=f):
+            yield y0, self._to_uint8(band, batched=False)
 
     def encode_tiled(
         self,
