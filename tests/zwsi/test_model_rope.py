@@ -8,7 +8,7 @@ import torch
 from tests.zwsi.model_testing import randn, randomise_, random_model
 from zwsi.model import ImageSegment, SequenceSample, grid_positions
 from zwsi.model.attention import AttentionLayout
-from zwsi.model.rope import apply_rope, rope_cos_sin
+from zwsi.model.rope import apply_rope, rope_factors
 from zwsi.model.s3dit import Attention
 
 zimage = pytest.importorskip("diffusers.models.transformers.transformer_z_image")
@@ -25,8 +25,8 @@ def _integer_positions(n: int, seed: int) -> torch.Tensor:
 def test_integer_positions_give_zimage_factors_bit_for_bit():
     ids = _integer_positions(4000, seed=0)
     table = zimage.RopeEmbedder(theta=256.0, axes_dims=list(TURBO_AXES), axes_lens=[1536, 512, 512])(ids)  # complex64
-    cos, sin = rope_cos_sin(ids.float(), TURBO_AXES, 256.0)
-    assert torch.equal(cos, table.real) and torch.equal(sin, table.imag)
+    factors = rope_factors(ids.float(), TURBO_AXES, 256.0)
+    assert factors.dtype == torch.complex64 and torch.equal(factors, table)
 
 
 def test_rotation_equals_zimage_interleaved_complex_rotation():
@@ -35,7 +35,7 @@ def test_rotation_equals_zimage_interleaved_complex_rotation():
     x = randn(300, 4, 128, seed=2).to(torch.bfloat16)
     # Z-Image: view pairs as complex in fp32, multiply, back to the input dtype
     expected = torch.view_as_real(torch.view_as_complex(x.float().unflatten(-1, (-1, 2))) * table[:, None]).flatten(2)
-    got = apply_rope(x, *rope_cos_sin(ids.float(), TURBO_AXES, 256.0))
+    got = apply_rope(x, rope_factors(ids.float(), TURBO_AXES, 256.0))
     assert got.dtype == torch.bfloat16
     assert torch.equal(got, expected.to(torch.bfloat16))
 
@@ -51,7 +51,7 @@ def test_attention_with_qk_norm_and_rope_equals_diffusers_processor():
     freqs = zimage.RopeEmbedder(theta=256.0, axes_dims=list(axes), axes_lens=[64, 64, 64])(ids)
     with torch.no_grad():
         expected = reference(x, freqs_cis=freqs[None])[0]
-        got = ours(x[0], *rope_cos_sin(ids.float(), axes, 256.0), AttentionLayout.block_diagonal([40]), "math")
+        got = ours(x[0], rope_factors(ids.float(), axes, 256.0), AttentionLayout.block_diagonal([40]), "math")
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -60,8 +60,8 @@ def test_scores_depend_only_on_position_differences_for_float_and_negative_posit
     axes = (8, 12, 12)
 
     def score(p_q: list[float], p_k: list[float]) -> float:
-        rq = apply_rope(q, *rope_cos_sin(torch.tensor([p_q]), axes, 256.0))
-        rk = apply_rope(k, *rope_cos_sin(torch.tensor([p_k]), axes, 256.0))
+        rq = apply_rope(q, rope_factors(torch.tensor([p_q]), axes, 256.0))
+        rk = apply_rope(k, rope_factors(torch.tensor([p_k]), axes, 256.0))
         return (rq * rk).sum().item()
 
     base = score([3.0, 2.5, -1.0], [1.0, -4.25, 0.5])

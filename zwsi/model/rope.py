@@ -45,29 +45,25 @@ def rope_angles(positions: Tensor, axes_dims: tuple[int, ...], theta: float) -> 
     return torch.cat([(pos[:, a, None] * f[None, :]).float() for a, f in enumerate(freqs)], dim=-1)  # (N, Dh/2)
 
 
-def rope_cos_sin(positions: Tensor, axes_dims: tuple[int, ...], theta: float) -> tuple[Tensor, Tensor]:
-    """(cos, sin) of `rope_angles`, each (N, head_dim/2) float32.
+def rope_factors(positions: Tensor, axes_dims: tuple[int, ...], theta: float) -> Tensor:
+    """Complex rotation factors exp(i * angle), (N, head_dim/2) complex64.
 
-    Taken from `torch.polar` as Z-Image's tables are, so integer positions give its factors bit for bit.
+    Formed with `torch.polar` from the float32 angles as Z-Image's tables are, so integer positions give its
+    factors bit for bit.
     """
     angles = rope_angles(positions, axes_dims, theta)  # (N, Dh/2)
-    factors = torch.polar(torch.ones_like(angles), angles)  # (N, Dh/2) complex64
-    return factors.real.contiguous(), factors.imag.contiguous()
+    return torch.polar(torch.ones_like(angles), angles)  # (N, Dh/2) complex64
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate interleaved pairs of the last dim of x by the per-token angles.
+def apply_rope(x: Tensor, factors: Tensor) -> Tensor:
+    """Rotate the interleaved pairs (x_2m, x_2m+1), read as complex numbers, by the per-token factors.
 
     Args:
         x: (N, H, Dh) queries or keys (any float dtype).
-        cos: (N, Dh/2) float32.
-        sin: (N, Dh/2) float32.
+        factors: (N, Dh/2) complex64 from `rope_factors`.
 
     Returns:
-        (N, H, Dh) in x's dtype; the rotation itself is done in float32.
+        (N, H, Dh) in x's dtype; the rotation itself is done in float32 (complex64), as Z-Image does.
     """
-    xf = x.float().unflatten(-1, (-1, 2))  # (N, H, Dh/2, 2)
-    x_re, x_im = xf[..., 0], xf[..., 1]  # (N, H, Dh/2) each
-    cos, sin = cos[:, None, :], sin[:, None, :]  # (N, 1, Dh/2)
-    out = torch.stack([x_re * cos - x_im * sin, x_re * sin + x_im * cos], dim=-1)  # (N, H, Dh/2, 2)
-    return out.flatten(-2).type_as(x)  # (N, H, Dh)
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (N, H, Dh/2) complex64
+    return torch.view_as_real(xc * factors[:, None, :]).flatten(-2).type_as(x)  # (N, H, Dh)

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from zwsi.model.attention import AttentionLayout, attention, resolve_backend
 from zwsi.model.config import FINAL_NORM_EPS, FREQUENCY_EMBEDDING_SIZE, TIMESTEP_MLP_HIDDEN, S3DiTConfig
-from zwsi.model.rope import apply_rope, rope_cos_sin
+from zwsi.model.rope import apply_rope, rope_factors
 from zwsi.model.sequence import PackedBatch, SequenceSample, pack_batch, t2i_sample, unpatchify
 
 #################################################################################
@@ -101,13 +101,13 @@ class Attention(nn.Module):
         self.norm_q = RMSNorm(dim // n_heads, eps=1e-5) if qk_norm else None  # eps fixed at 1e-5 in the reference
         self.norm_k = RMSNorm(dim // n_heads, eps=1e-5) if qk_norm else None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, layout: AttentionLayout, backend: str | None) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor, layout: AttentionLayout, backend: str | None) -> Tensor:
         q = self.to_q(x).unflatten(-1, (self.n_heads, -1))  # (N, H, Dh)
         k = self.to_k(x).unflatten(-1, (self.n_heads, -1))  # (N, H, Dh)
         v = self.to_v(x).unflatten(-1, (self.n_heads, -1))  # (N, H, Dh)
         if self.norm_q is not None and self.norm_k is not None:
             q, k = self.norm_q(q), self.norm_k(k)  # (N, H, Dh)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (N, H, Dh), rotated in fp32
+        q, k = apply_rope(q, rope), apply_rope(k, rope)  # (N, H, Dh), rotated in fp32
         out = attention(q, k, v, layout, backend)  # (N, H, Dh)
         return self.to_out[0](out.flatten(1).to(q.dtype))  # (N, D)
 
@@ -130,19 +130,18 @@ class S3DiTBlock(nn.Module):
     def forward(
         self,
         x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
+        rope: Tensor,
         layout: AttentionLayout,
         c: Tensor | None = None,
         cond_index: Tensor | None = None,
         backend: str | None = None,
     ) -> Tensor:
-        """x (N, D); cos/sin (N, Dh/2); c (K, A) conditions, cond_index (N,) picks one per token (None: K = 1)."""
+        """x (N, D); rope (N, Dh/2) complex factors; c (K, A) conditions, cond_index (N,) picks one per token (None: K = 1)."""
         if not self.modulation:
-            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), cos, sin, layout, backend))  # (N, D)
+            x = x + self.attention_norm2(self.attention(self.attention_norm1(x), rope, layout, backend))  # (N, D)
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))  # (N, D)
         scale_msa, gate_msa, scale_mlp, gate_mlp = self._modulation(c, cond_index)  # (N or 1, D) each
-        attn = self.attention(self.attention_norm1(x) * scale_msa, cos, sin, layout, backend)  # (N, D)
+        attn = self.attention(self.attention_norm1(x) * scale_msa, rope, layout, backend)  # (N, D)
         x = x + gate_msa * self.attention_norm2(attn)  # (N, D)
         return x + gate_mlp * self.ffn_norm2(self.feed_forward(self.ffn_norm1(x) * scale_mlp))  # (N, D)
 
@@ -240,21 +239,21 @@ class S3DiT(nn.Module):
         backend = resolve_backend(self.attention_backend, device)
         multi = packed.cond_t.numel() > 1
         c = self.t_embedder(packed.cond_t * self.config.t_scale).to(dtype)  # (K, A)
-        cos, sin = rope_cos_sin(self._all_positions(packed), self.config.axes_dims, self.config.rope_theta)  # (N_img+N_rep, Dh/2)
+        rope = rope_factors(self._all_positions(packed), self.config.axes_dims, self.config.rope_theta)  # (N_img+N_rep, Dh/2)
         n_img = packed.patches.shape[0]
 
         img = self._embed_images(packed)  # (N_img, D)
         img_cond = packed.img_cond if multi else None
-        img = self._run(self.noise_refiner, img, cos[:n_img], sin[:n_img], packed.img_layout, c, img_cond, backend)
+        img = self._run(self.noise_refiner, img, rope[:n_img], packed.img_layout, c, img_cond, backend)
 
         rep = self._embed_report(packed)  # (N_rep, D)
         if packed.rep_layout is not None:
-            rep = self._run(self.context_refiner, rep, cos[n_img:], sin[n_img:], packed.rep_layout, None, None, backend)
+            rep = self._run(self.context_refiner, rep, rope[n_img:], packed.rep_layout, None, None, backend)
 
         x = torch.cat([img, rep])[packed.unified_index]  # (N, D), per sample [target | contexts | report]
-        u_cos, u_sin = cos[packed.unified_index], sin[packed.unified_index]  # (N, Dh/2)
+        u_rope = rope[packed.unified_index]  # (N, Dh/2)
         u_cond = packed.unified_cond if multi else None
-        x = self._run(self.layers, x, u_cos, u_sin, packed.unified_layout, c, u_cond, backend)  # (N, D)
+        x = self._run(self.layers, x, u_rope, packed.unified_layout, c, u_cond, backend)  # (N, D)
         return x, c, packed
 
     # ------------------------------------------------------------------ stages
@@ -274,8 +273,7 @@ class S3DiT(nn.Module):
         self,
         blocks: nn.ModuleList,
         x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
+        rope: Tensor,
         layout: AttentionLayout,
         c: Tensor | None,
         cond_index: Tensor | None,
@@ -283,9 +281,9 @@ class S3DiT(nn.Module):
     ) -> Tensor:
         for block in blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, cos, sin, layout, c, cond_index, backend, use_reentrant=False)
+                x = checkpoint(block, x, rope, layout, c, cond_index, backend, use_reentrant=False)
             else:
-                x = block(x, cos, sin, layout, c, cond_index, backend)  # (N, D)
+                x = block(x, rope, layout, c, cond_index, backend)  # (N, D)
         return x
 
     def _read_out(self, x: Tensor, c: Tensor, packed: PackedBatch) -> list[Tensor]:
