@@ -18,8 +18,9 @@ class Interval:
     high: float
     confidence: float
     n_resamples: int
+    method: str = "percentile"
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | int | str]:
         return asdict(self)
 
     def __str__(self) -> str:
@@ -33,6 +34,7 @@ def bootstrap_interval(
     n_resamples: int = 200,
     confidence: float = 0.95,
     seed: int = 0,
+    method: str = "percentile",
 ) -> Interval:
     """Evaluate `statistic(*samples)` and a percentile bootstrap interval, resampling each sample's rows.
 
@@ -45,12 +47,19 @@ def bootstrap_interval(
         n_resamples: bootstrap resamples (≥ 10).
         confidence: interval mass in (0, 1).
         seed: the random seed; the same seed gives the same interval.
+        method: 'percentile' [q(α/2), q(1−α/2)] of the resampled statistic, or 'basic'
+            [2θ − q(1−α/2), 2θ − q(α/2)], which reverses the shift a resample adds. Use 'basic' for statistics that
+            resampling with repeats inflates (the Fréchet distance and MMD² of feature sets): their interval then
+            estimates the population value and may lie below the plug-in value θ.
 
     Raises:
         ValueError: too few rows, resamples or a confidence outside (0, 1).
     """
     if not 0.0 < confidence < 1.0:
         msg = f"confidence={confidence} must lie in (0, 1)"
+        raise ValueError(msg)
+    if method not in ("percentile", "basic"):
+        msg = f"method={method!r} is not one of ('percentile', 'basic')"
         raise ValueError(msg)
     if n_resamples < 10:
         msg = f"n_resamples={n_resamples} must be at least 10"
@@ -68,4 +77,6 @@ def bootstrap_interval(
     stats = stats[np.isfinite(stats)]
     alpha = (1.0 - confidence) / 2.0
     low, high = (np.quantile(stats, [alpha, 1.0 - alpha]) if stats.size else (np.nan, np.nan))
-    return Interval(value, float(low), float(high), confidence, n_resamples)
+    if method == "basic":
+        low, high = 2.0 * value - high, 2.0 * value - low
+    return Interval(value, float(low), float(high), confidence, n_resamples, method)

@@ -185,7 +185,7 @@ def _zooms(result: Any) -> str:
     """The same place at up to three magnifications, real above synthetic."""
     import slide_io
 
-    keys = [k for k in result.metrics["levels"]][:3]
+    keys = [k for k in result.real.levels if k in result.synthetic.levels][:3]
     if result.real.slides and result.synthetic.slides:
         finest = result.real.levels[keys[0]]
         x, y = finest.locations[0] if finest.locations else (0, 0)
@@ -256,7 +256,10 @@ def render_report(result: Any) -> str:
 <body>
 <h1>Z-WSI validation report</h1>
 <p>Feature extractor: <b>{html.escape(m['feature_extractor'])}</b>. Intervals are 95% percentile bootstrap over
-tiles ({m['config']['n_resamples']} resamples, seed {m['config']['seed']}).</p>
+tiles ({m['config']['n_resamples']} resamples, seed {m['config']['seed']}); feature distances use the basic
+bootstrap, because resampling with repeats inflates them, so their interval estimates the population value and can
+lie below the plug-in value. Each real-vs-synthetic figure sits beside the same measure between two disjoint halves
+of the real tiles.</p>
 <table>{inputs}</table>
 <h2>Findings</h2>{finding_html}
 <h2>Thumbnails</h2>{_thumbnails(result)}

@@ -75,8 +75,9 @@ class ValidationResult:
 
 
 # --- per-level comparisons -------------------------------------------------------------------------------------------
-def _interval(fn: Callable[..., float], samples: Sequence[Any], config: ValidationConfig, offset: int = 0) -> Interval:
-    return bootstrap_interval(fn, samples, n_resamples=config.n_resamples, seed=config.seed + offset)
+def _interval(fn: Callable[..., float], samples: Sequence[Any], config: ValidationConfig, offset: int = 0,
+              method: str = "percentile") -> Interval:
+    return bootstrap_interval(fn, samples, n_resamples=config.n_resamples, seed=config.seed + offset, method=method)
 
 
 def _split(n: int, seed: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -110,8 +111,8 @@ def compare_features(real: NDArray[np.float64], synth: NDArray[np.float64], conf
     sub = synth[np.sort(rng.choice(len(synth), min(len(h2), len(synth)), replace=False))]
     out = {}
     for name, fn in (("frechet_distance", frechet_distance), ("mmd", mmd)):
-        full = _interval(fn, (real, synth), config)
-        reference = _interval(fn, (real[h1], real[h2]), config, 1)
+        full = _interval(fn, (real, synth), config, method="basic")
+        reference = _interval(fn, (real[h1], real[h2]), config, 1, method="basic")
         matched = float(fn(real[h1], sub))
         out[name] = {**full.to_dict(), "real_vs_real": reference.to_dict(), "matched": matched,
                      "beyond_reference": bool(matched > reference.high)}

@@ -1,0 +1,151 @@
+"""Blinded reader study: shuffled real and synthetic tiles, a hidden key, recorded ratings, exact binomial test.
+
+A reader labels each tile "real" or "synthetic" without seeing the key. If synthetic tiles were
+indistinguishable, the reader's accuracy would be 0.5; `score_ratings` tests accuracy > 0.5 with an exact
+one-sided binomial test (`scipy.stats.binomtest`) and gives a Clopper-Pearson interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+LABELS = ("real", "synthetic")
+
+
+@dataclass(frozen=True)
+class ReaderStudy:
+    """Tiles in presentation order with ids; `key[i]` is 'real' or 'synthetic' and is kept away from the reader."""
+
+    ids: tuple[str, ...]
+    tiles: NDArray[np.uint8]
+    key: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReaderResult:
+    """Reader accuracy against chance."""
+
+    n: int
+    correct: int
+    accuracy: float
+    p_value: float
+    ci_low: float
+    ci_high: float
+    chance: float = 0.5
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        verdict = "better than chance" if self.p_value < 0.05 else "not distinguishable from chance"
+        return (f"{self.correct}/{self.n} correct, accuracy {self.accuracy:.2f} (95% CI {self.ci_low:.2f}–"
+                f"{self.ci_high:.2f}); exact binomial test vs {self.chance}: p = {self.p_value:.3g} ({verdict} at 5%)")
+
+
+def make_study(real: NDArray[np.uint8], synthetic: NDArray[np.uint8], *, seed: int = 0) -> ReaderStudy:
+    """Shuffle real and synthetic tiles into one blinded sequence.
+
+    Raises:
+        ValueError: either set empty, or tiles of different shapes.
+    """
+    if len(real) == 0 or len(synthetic) == 0:
+        msg = f"a reader study needs real and synthetic tiles; got {len(real)} real and {len(synthetic)} synthetic"
+        raise ValueError(msg)
+    if real.shape[1:] != synthetic.shape[1:]:
+        msg = f"real tiles {real.shape[1:]} and synthetic tiles {synthetic.shape[1:]} must have the same shape"
+        raise ValueError(msg)
+    tiles = np.concatenate([real, synthetic])
+    key = np.array(["real"] * len(real) + ["synthetic"] * len(synthetic))
+    order = np.random.default_rng(seed).permutation(len(tiles))
+    return ReaderStudy(tuple(f"tile_{i + 1:03d}" for i in range(len(tiles))), tiles[order], tuple(key[order]))
+
+
+def save_study(study: ReaderStudy, folder: str | Path) -> dict[str, Path]:
+    """Write the blinded tiles (PNG, by id), a ratings sheet to fill in, and the key in a separate file.
+
+    Returns:
+        {'tiles': folder of PNGs, 'ratings': ratings CSV (id, rating), 'key': key JSON — give readers only the first two}.
+    """
+    folder = Path(folder)
+    tiles_dir = folder / "tiles"
+    tiles_dir.mkdir(parents=True, exist_ok=True)
+    for tid, tile in zip(study.ids, study.tiles):
+        Image.fromarray(tile).save(tiles_dir / f"{tid}.png")
+    ratings = folder / "ratings.csv"
+    if not ratings.exists():  # never overwrite ratings already recorded
+        with ratings.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "rating"])
+            writer.writerows([tid, ""] for tid in study.ids)
+    key = folder / "key.json"
+    tmp = key.with_name(f".key.json.{os.getpid()}.partial")
+    tmp.write_text(json.dumps(dict(zip(study.ids, study.key)), indent=1))
+    os.replace(tmp, key)
+    return {"tiles": tiles_dir, "ratings": ratings, "key": key}
+
+
+def record_ratings(path: str | Path, ratings: Mapping[str, str]) -> None:
+    """Write ratings {id: 'real' | 'synthetic'} into the ratings CSV (atomically).
+
+    Raises:
+        ValueError: a rating that is not 'real' or 'synthetic'.
+    """
+    bad = {k: v for k, v in ratings.items() if v not in LABELS}
+    if bad:
+        msg = f"ratings must be one of {LABELS}; got {bad}"
+        raise ValueError(msg)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "rating"])
+        writer.writerows(sorted(ratings.items()))
+    os.replace(tmp, path)
+
+
+def read_ratings(path: str | Path) -> dict[str, str]:
+    """Ratings CSV → {id: rating}, skipping tiles not rated yet."""
+    with Path(path).open(newline="") as fh:
+        return {row["id"]: row["rating"].strip().lower() for row in csv.DictReader(fh) if row["rating"].strip()}
+
+
+def score_ratings(ratings: Mapping[str, str], key: Mapping[str, str] | Sequence[str], ids: Sequence[str] | None = None
+                  ) -> ReaderResult:
+    """Reader accuracy with an exact one-sided binomial test against chance (0.5).
+
+    Args:
+        ratings: {id: 'real' | 'synthetic'} from the reader.
+        key: {id: truth}, or the truths in the order of `ids`.
+        ids: tile ids when `key` is a sequence.
+
+    Raises:
+        ValueError: no rated tile, unknown ids or labels.
+    """
+    from scipy.stats import binomtest
+
+    truth = dict(key) if isinstance(key, Mapping) else dict(zip(ids or (), key))
+    unknown = sorted(set(ratings) - set(truth))
+    if unknown:
+        msg = f"ratings for tiles not in the key: {unknown[:5]}"
+        raise ValueError(msg)
+    bad = {k: v for k, v in ratings.items() if v not in LABELS}
+    if bad:
+        msg = f"ratings must be one of {LABELS}; got {dict(list(bad.items())[:5])}"
+        raise ValueError(msg)
+    n = len(ratings)
+    if n == 0:
+        msg = "no tile has been rated yet"
+        raise ValueError(msg)
+    correct = sum(ratings[t] == truth[t] for t in ratings)
+    test = binomtest(correct, n, 0.5, alternative="greater")
+    ci = binomtest(correct, n, 0.5).proportion_ci(confidence_level=0.95, method="exact")
+    return ReaderResult(n, correct, correct / n, float(test.pvalue), float(ci.low), float(ci.high))
