@@ -84,7 +84,9 @@ class PlanConfig:
         if self.factor < 2:
             raise ValueError(f"factor must be >= 2 (an integer mpp ratio between levels), got {self.factor}")
         if not 0 <= self.context_tokens <= self.window_tokens:
-            raise ValueError(f"context_tokens must be in [0, window_tokens={self.window_tokens}], got {self.context_tokens}")
+            raise ValueError(
+                f"context_tokens must be in [0, window_tokens={self.window_tokens}], got {self.context_tokens}"
+            )
         if self.overview_margin < 0:
             raise ValueError(f"overview_margin must be >= 0, got {self.overview_margin}")
 
@@ -207,9 +209,8 @@ class SlidePlan:
     def windows(self, level: int, phase: int | None = None) -> list[Window]:
         """Windows of a level in raster order, optionally only one phase (0..3)."""
         rows, cols = self.level(level).grid
-        return [
-            self.window(level, r, c) for r in range(rows) for c in range(cols) if phase is None or phase_of(r, c) == phase
-        ]
+        cells = [(r, c) for r in range(rows) for c in range(cols)]
+        return [self.window(level, r, c) for r, c in cells if phase is None or phase_of(r, c) == phase]
 
 
 def plan_slide(

@@ -147,7 +147,8 @@ def test_positions_are_the_true_offsets_of_the_latents_read(plan, level: int) ->
 
 
 def test_overview_maps_parent_token_centres(plan) -> None:
-    no_margin = plan_slide(300, 380, 0.5, seed=1, config=PlanConfig(window_tokens=8, context_tokens=2, overview_margin=0))
+    config = PlanConfig(window_tokens=8, context_tokens=2, overview_margin=0)
+    no_margin = plan_slide(300, 380, 0.5, seed=1, config=config)
     for row, col in [(0, 0), (1, 0), (3, 5)]:
         w = no_margin.window(0, row, col)
         (spec,) = [s for s in context_specs(no_margin, w) if s.kind == "overview"]
@@ -210,7 +211,8 @@ def test_build_sample_checks_shapes(plan) -> None:
     w = plan.window(0, 1, 1)
     with pytest.raises(ValueError, match=r"target latents must be \(16, 1, 16, 16\), got \(16, 16, 16\)"):
         build_sample(plan, w, lambda lv, r, c: None, torch.zeros(3, 32), torch.zeros(16, 16, 16))
-    with pytest.raises(ValueError, match=r"read\(0, \(12, 16\), \(12, 16\)\) returned \(16, 1, 1\), expected \(16, 4, 4\)"):
+    bad_read = r"read\(0, \(12, 16\), \(12, 16\)\) returned \(16, 1, 1\), expected \(16, 4, 4\)"
+    with pytest.raises(ValueError, match=bad_read):
         build_sample(plan, w, lambda lv, r, c: np.zeros((16, 1, 1)), torch.zeros(3, 32), window_noise(plan, w))
 
 

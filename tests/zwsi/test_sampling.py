@@ -147,7 +147,8 @@ def test_sampler_equals_diffusers_zimage_pipeline_with_cfg_truncation_and_normal
     pipe = ZImagePipeline(scheduler=scheduler, vae=None, text_encoder=None, tokenizer=None, transformer=reference)
     pipe.set_progress_bar_config(disable=True)
     gen = torch.Generator().manual_seed(1)
-    pos, neg, noise = torch.randn(7, 32, generator=gen), torch.randn(3, 32, generator=gen), torch.randn(1, 16, 8, 8, generator=gen)
+    pos, neg = torch.randn(7, 32, generator=gen), torch.randn(3, 32, generator=gen)
+    noise = torch.randn(1, 16, 8, 8, generator=gen)
     cfg = dict(guidance_scale=2.0, cfg_truncation=0.4, cfg_normalization=1.2)
     expected = pipe(
         prompt_embeds=[pos], negative_prompt_embeds=[neg], height=64, width=64, num_inference_steps=8,
@@ -163,7 +164,9 @@ def test_sampler_equals_diffusers_zimage_pipeline_with_cfg_truncation_and_normal
     with torch.no_grad():
         ours = sample(denoiser(pos), noise.clone(), uncond_model=denoiser(neg), **cfg)
         torch.testing.assert_close(ours, expected, atol=2e-6, rtol=0)
-        unnormalised = sample(denoiser(pos), noise.clone(), uncond_model=denoiser(neg), guidance_scale=2.0, cfg_truncation=0.4)
+        unnormalised = sample(
+            denoiser(pos), noise.clone(), uncond_model=denoiser(neg), guidance_scale=2.0, cfg_truncation=0.4
+        )
         assert (unnormalised - expected).abs().max() > 1e-3  # the norm cap was active on this run
 
         s3dit = S3DiT(config).eval()
