@@ -1,0 +1,186 @@
+"""The generation config: window geometry, sampling, tissue, decoding, storage and output settings.
+
+One dataclass, validated on load (unknown keys are an error), with named presets and YAML files
+(``configs/generate/*.yaml``). Resolution order for a run: the preset, then a model folder's ``zwsi_generate.yaml``
+(a fine-tuned model states the window geometry it was trained on), then ``--config FILE``, then CLI flags.
+
+    cfg = GenerateConfig.preset("tiny").merged({"batch_size": 1})
+    cfg = load_generate_config("configs/generate/z-image-turbo.yaml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reports.conditioning import reject_prompt_enhancer
+
+MODEL_CONFIG_NAME = "zwsi_generate.yaml"
+"""A model folder's own generation settings (window geometry it was trained on), read by `SlideGenerator`."""
+
+DTYPES = ("fp32", "bf16", "fp16")
+LATENT_DTYPES = ("float16", "float32")
+COMPRESSIONS = ("jpeg", "deflate", "lzw", "zstd", "none")
+PHI_POLICIES = ("refuse", "redact", "allow")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Everything about how a slide is generated, apart from the model weights and the request.
+
+    Attributes:
+        window_tokens: side of a target window in tokens (64 = 1024 px with the FLUX VAE).
+        context_tokens: width of a neighbour's border strip in tokens.
+        overview_margin: parent tokens around the window's footprint in the overview.
+        factor: µm/px ratio between adjacent levels of the ladder.
+        coarsest_mpp: the ladder stops before getting coarser than this µm/px.
+        batch_size: windows per model call (per process).
+        steps: sampling steps (model calls per window without CFG); the CLI's ``--steps`` overrides it.
+        shift: schedule shift; None takes the model's ``scheduler/scheduler_config.json`` (else 3.0).
+        guidance: CFG scale (0 = off, as Turbo); the unconditional branch drops the report (L = 0).
+        cfg_truncation: CFG is off on steps whose model time t exceeds this.
+        cfg_normalization: Z-Image's CFG norm cap (0 = off).
+        tissue: skip (fill with background) the windows whose parent level shows no tissue.
+        tissue_mpp: µm/px at which the parent level is checked for tissue.
+        min_tissue_fraction: a window is generated when its parent footprint's tissue fraction exceeds this.
+        vae_tile: VAE decode tile in latents.
+        vae_overlap: VAE decode tile overlap in latents.
+        latent_dtype: dtype of the latent store ("float16" halves the disk; "float32" keeps the sampler's values).
+        compression: TIFF tile compression.
+        quality: JPEG quality.
+        tile_size: TIFF tile edge in pixels.
+        phi_policy: what to do with report text that likely holds PHI: "refuse", "redact" or "allow".
+        dtype: transformer dtype.
+        device: "cpu", "cuda", "cuda:1"...; None picks the process's accelerator (accelerate) or the CPU.
+    """
+
+    window_tokens: int = 64
+    context_tokens: int = 8
+    overview_margin: int = 4
+    factor: int = 4
+    coarsest_mpp: float = 8.0
+    batch_size: int = 4
+    steps: int = 8
+    shift: float | None = None
+    guidance: float = 0.0
+    cfg_truncation: float = 1.0
+    cfg_normalization: float = 0.0
+    tissue: bool = True
+    tissue_mpp: float = 16.0
+    min_tissue_fraction: float = 0.0
+    vae_tile: int = 128
+    vae_overlap: int = 16
+    latent_dtype: str = "float16"
+    compression: str = "jpeg"
+    quality: int = 90
+    tile_size: int = 256
+    phi_policy: str = "refuse"
+    dtype: str = "bf16"
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        positive = ("window_tokens", "factor", "batch_size", "steps", "vae_tile", "tile_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"generate config: {name} must be an integer >= 1, got {value!r}")
+        if self.factor < 2:
+            raise ValueError(f"generate config: factor must be >= 2, got {self.factor}")
+        if not 0 <= self.context_tokens <= self.window_tokens:
+            raise ValueError(f"generate config: context_tokens must be in [0, {self.window_tokens}], got "
+                             f"{self.context_tokens}")
+        if self.overview_margin < 0:
+            raise ValueError(f"generate config: overview_margin must be >= 0, got {self.overview_margin}")
+        if not 0 <= self.vae_overlap < self.vae_tile:
+            raise ValueError(f"generate config: vae_overlap must be in [0, vae_tile={self.vae_tile}), got "
+                             f"{self.vae_overlap}")
+        for name in ("coarsest_mpp", "tissue_mpp"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"generate config: {name} must be > 0, got {getattr(self, name)!r}")
+        if self.shift is not None and not self.shift > 0:
+            raise ValueError(f"generate config: shift must be > 0 (or null for the model's), got {self.shift}")
+        if self.guidance < 0:
+            raise ValueError(f"generate config: guidance must be >= 0, got {self.guidance}")
+        if not 0 <= self.min_tissue_fraction < 1:
+            raise ValueError(f"generate config: min_tissue_fraction must be in [0, 1), got {self.min_tissue_fraction}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"generate config: quality must be in 1..100, got {self.quality}")
+        if self.tile_size % 16:
+            raise ValueError(f"generate config: tile_size must be a multiple of 16, got {self.tile_size}")
+        for name, allowed in (("latent_dtype", LATENT_DTYPES), ("compression", COMPRESSIONS),
+                              ("phi_policy", PHI_POLICIES), ("dtype", DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"generate config: {name} = {getattr(self, name)!r}; expected one of {list(allowed)}")
+
+    # ---- construction -------------------------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str) -> GenerateConfig:
+        """A named preset: "z-image-turbo" (1024² windows, 8 steps, bf16) or "tiny" (CPU tests).
+
+        Raises:
+            ValueError: unknown name (lists the presets).
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown generate preset {name!r}; expected one of {sorted(PRESETS)}")
+        return cls(**PRESETS[name])
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base: GenerateConfig | None = None, where: str = "config") -> \
+            GenerateConfig:
+        """``base`` (default: the dataclass defaults) with the keys of ``data`` replaced.
+
+        Raises:
+            ValueError: an unknown key (the valid ones are listed), a prompt-enhancer key, or a bad value.
+        """
+        reject_prompt_enhancer(data, where=where)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"{where}: unknown generate config keys {unknown}; valid keys: {sorted(fields)}")
+        return dataclasses.replace(base or cls(), **dict(data))
+
+    def merged(self, overrides: Mapping[str, Any], where: str = "overrides") -> GenerateConfig:
+        """A copy with ``overrides`` applied (None values are ignored, so unset CLI flags change nothing)."""
+        return self.from_dict({k: v for k, v in overrides.items() if v is not None}, base=self, where=where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def sha256(self) -> str:
+        """SHA-256 of the sorted JSON of every setting (the provenance's config hash covers it)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Z-Image-Turbo on a GPU: 64-token (1024 px) windows, 8-token strips, 8 steps, no CFG, bf16 transformer.
+    "z-image-turbo": {},
+    # The tiny random pipeline on CPU (tests, benchmarks): 4-token (64 px) windows, fp32.
+    "tiny": dict(window_tokens=4, context_tokens=1, overview_margin=1, batch_size=4, vae_tile=32, vae_overlap=8,
+                 dtype="fp32"),
+}
+
+
+def load_generate_config(path: str | Path, *, base: GenerateConfig | None = None) -> GenerateConfig:
+    """Read a YAML generation config (``preset: NAME`` picks the base; other keys override it).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a mapping, unknown keys or bad values (the file is named).
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"generate config {path} does not exist")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a generate config must be a YAML mapping, got {type(data).__name__}")
+    preset = data.pop("preset", None)
+    if preset is not None:
+        base = GenerateConfig.preset(str(preset))
+    return GenerateConfig.from_dict(data, base=base, where=str(path))
