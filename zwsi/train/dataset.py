@@ -174,9 +174,12 @@ class PreparedDataset:
         folder: the dataset folder written by ``zwsi prepare``.
     """
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, *, cache_bytes: int = 256 << 20) -> None:
         self.folder = Path(folder)
         self.manifest = Manifest.read(self.folder)
+        self.cache_bytes = int(cache_bytes)
+        self._levels: dict[tuple[str, int], np.ndarray] = {}
+        self._cached = 0
         self._stores: dict[str, Any] = {}
         self._features: dict[str, torch.Tensor] = {}
         self._plans: dict[str, SlidePlan] = {}
@@ -211,8 +214,21 @@ class PreparedDataset:
         return self._stores[entry.slide_id]
 
     def read_latents(self, entry: SlideEntry, level: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-        """Latents (C, h, w) float32 of a level's canvas (the planner's `ReadLatents`)."""
-        return self.store(entry).read(level, rows, cols).astype(np.float32)
+        """Latents (C, h, w) float32 of a level's canvas (the planner's `ReadLatents`).
+
+        Whole levels are kept in memory while they fit in `cache_bytes` (small slides and coarse levels); the rest
+        is read from the zarr store window by window.
+        """
+        key = (entry.slide_id, level)
+        if key not in self._levels:
+            store = self.store(entry)
+            info = store.level_info(level)
+            size = store.channels * info.shape[0] * info.shape[1] * store.dtype.itemsize
+            if self._cached + size > self.cache_bytes:
+                return store.read(level, rows, cols).astype(np.float32)
+            self._levels[key] = store.read(level, (0, info.shape[0]), (0, info.shape[1]))
+            self._cached += size
+        return self._levels[key][:, rows[0] : rows[1], cols[0] : cols[1]].astype(np.float32)
 
     def report_features(self, entry: SlideEntry) -> torch.Tensor:
         """(L, D) float32 report features of the slide (cached in memory)."""
