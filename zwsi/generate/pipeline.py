@@ -439,7 +439,7 @@ class SlideGenerator:
         if level == plan.coarsest or not cfg.tissue:
             todo = plan.windows(level)
         else:
-            mask, mask_mpp = self._tissue_mask(pixels, plan.level(level + 1))
+            mask, mask_mpp = level_tissue_mask(pixels, plan.level(level + 1), cfg.tissue_mpp)
             todo = tissue_windows(plan, level, mask, mask_mpp, min_fraction=cfg.min_tissue_fraction)
         tissue = {(w.row, w.col) for w in todo}
         background = [w for w in plan.windows(level) if (w.row, w.col) not in tissue and not done[w.row, w.col]]
@@ -527,19 +527,6 @@ class SlideGenerator:
         if level > 0:
             group.barrier()  # the next level's tissue mask reads these pixels
 
-    def _tissue_mask(self, pixels: WindowStore, parent: Any) -> tuple[np.ndarray, float]:
-        """Tissue mask of a decoded level at about ``tissue_mpp`` (block means of the pixels, read in bands)."""
-        from slide_io import tissue_mask_rgb
-
-        f = max(1, round(self.config.tissue_mpp / parent.mpp))
-        h, w = parent.slide_pixels
-        rows = []
-        band = f * max(1, 4096 // f)
-        for y in range(0, h, band):
-            rows.append(_block_mean(pixels.read(parent.index, (y, min(y + band, h)), (0, w)), f))
-        small = np.concatenate(rows, axis=0)
-        return tissue_mask_rgb(small, parent.mpp * f), parent.mpp * f
-
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
 def background_latents(vae: Any, config: PlanConfig) -> np.ndarray:
@@ -548,6 +535,29 @@ def background_latents(vae: Any, config: PlanConfig) -> np.ndarray:
     blank = np.empty((n_px, n_px, 3), np.uint8)
     blank[:] = BACKGROUND_RGB
     return vae.encode(blank).float().cpu().numpy()
+
+
+def level_tissue_mask(pixels: WindowStore, level: Any, tissue_mpp: float) -> tuple[np.ndarray, float]:
+    """Tissue mask of a decoded level in a pixel store, at about ``tissue_mpp`` µm/px.
+
+    The level's pixels are read in bands and averaged over f x f blocks (f = round(tissue_mpp / level mpp), at
+    least 1), then `slide_io.tissue_mask_rgb` decides; memory holds one band and the small image.
+
+    Args:
+        pixels: the pixel store.
+        level: the `planner.Level` (its index, mpp and slide_pixels).
+        tissue_mpp: the mask's target µm/px.
+
+    Returns:
+        (mask, mask_mpp): the bool mask anchored at the slide's top-left corner and its µm/px.
+    """
+    from slide_io import tissue_mask_rgb
+
+    f = max(1, round(tissue_mpp / level.mpp))
+    h, w = level.slide_pixels
+    band = f * max(1, 4096 // f)
+    rows = [_block_mean(pixels.read(level.index, (y, min(y + band, h)), (0, w)), f) for y in range(0, h, band)]
+    return tissue_mask_rgb(np.concatenate(rows, axis=0), level.mpp * f), level.mpp * f
 
 
 def folder_sha256(root: str | Path, *, full_hash_limit: int = 64 << 20) -> str:
