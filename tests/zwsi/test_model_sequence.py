@@ -150,3 +150,19 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, g in grads[0].items():
         torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_equal_eager_without_graph_breaks():
+    """Regional compilation (each block compiled, as the GPU benchmark does): real-arithmetic RoPE, no logging inside."""
+    import torch._dynamo
+
+    eager, compiled = random_model(seed=4), random_model(seed=4)
+    for blocks in (compiled.noise_refiner, compiled.context_refiner, compiled.layers):
+        for block in blocks:
+            block.compile(fullgraph=True)  # fullgraph: a graph break would raise
+    torch._dynamo.reset()
+    batch = [_window(0, 0.3, 7), _window(10, 0.6, 40, contexts=1, context_attends_target=False)]
+    with torch.no_grad():
+        for got, expected in zip(compiled(batch), eager(batch)):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

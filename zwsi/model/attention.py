@@ -175,7 +175,8 @@ def _attn_sdpa(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout) -> Tens
             pieces.extend((s, out[j]) for j, (s, _) in enumerate(qb))
     if len(pieces) == 1:
         return pieces[0][1]
-    return torch.cat([p for _, p in sorted(pieces, key=lambda sp: sp[0])], dim=0)  # (N, H, Dh)
+    by_start = dict(pieces)
+    return torch.cat([by_start[s] for s in sorted(by_start)], dim=0)  # (N, H, Dh), query order
 
 
 def _gather_keys(k: Tensor, v: Tensor, layout: AttentionLayout) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -273,7 +274,9 @@ def resolve_backend(name: str | None, device: torch.device) -> str:
     return name
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout, backend: str | None = None) -> Tensor:
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout, backend: str | None = None, resolved: bool = False
+) -> Tensor:
     """Softmax attention (scale 1/sqrt(Dh), no dropout) over a packed sequence.
 
     Args:
@@ -282,10 +285,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout, backend:
         v: (N, H, Dh) values.
         layout: which keys each query block attends to.
         backend: one of BACKENDS; None -> env ZWSI_ATTENTION -> device default.
+        resolved: `backend` already came from `resolve_backend` (the model resolves once per forward, outside
+            compiled blocks); skip the checks and the logging.
 
     Returns:
         (N, H, Dh) in q's dtype.
     """
     if q.shape[0] != layout.total:
         raise ValueError(f"packed sequence has {q.shape[0]} tokens but the layout covers {layout.total}")
-    return _IMPLS[resolve_backend(backend, q.device)](q, k, v, layout)
+    name = backend if resolved and backend is not None else resolve_backend(backend, q.device)
+    return _IMPLS[name](q, k, v, layout)

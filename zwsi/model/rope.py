@@ -46,24 +46,34 @@ def rope_angles(positions: Tensor, axes_dims: tuple[int, ...], theta: float) -> 
 
 
 def rope_factors(positions: Tensor, axes_dims: tuple[int, ...], theta: float) -> Tensor:
-    """Complex rotation factors exp(i * angle), (N, head_dim/2) complex64.
+    """Rotation factors (cos, sin) per token and pair: (N, head_dim/2, 2) float32.
 
-    Formed with `torch.polar` from the float32 angles as Z-Image's tables are, so integer positions give its
-    factors bit for bit.
+    They are the real and imaginary parts of `torch.polar(1, angle)`, exactly as Z-Image forms its complex tables,
+    so integer positions give its factors bit for bit.
     """
     angles = rope_angles(positions, axes_dims, theta)  # (N, Dh/2)
-    return torch.polar(torch.ones_like(angles), angles)  # (N, Dh/2) complex64
+    return torch.view_as_real(torch.polar(torch.ones_like(angles), angles))  # (N, Dh/2, 2)
 
 
 def apply_rope(x: Tensor, factors: Tensor) -> Tensor:
     """Rotate the interleaved pairs (x_2m, x_2m+1), read as complex numbers, by the per-token factors.
 
+    Eager: one complex multiply, as Z-Image. Under torch.compile the same product is written in real arithmetic,
+    because inductor does not generate code for complex operators.
+
     Args:
         x: (N, H, Dh) queries or keys (any float dtype).
-        factors: (N, Dh/2) complex64 from `rope_factors`.
+        factors: (N, Dh/2, 2) float32 (cos, sin) from `rope_factors`.
 
     Returns:
-        (N, H, Dh) in x's dtype; the rotation itself is done in float32 (complex64), as Z-Image does.
+        (N, H, Dh) in x's dtype; the rotation itself is done in float32.
     """
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (N, H, Dh/2) complex64
-    return torch.view_as_real(xc * factors[:, None, :]).flatten(-2).type_as(x)  # (N, H, Dh)
+    pairs = x.float().unflatten(-1, (-1, 2))  # (N, H, Dh/2, 2)
+    if torch.compiler.is_compiling():
+        cos, sin = factors[:, None, :, 0], factors[:, None, :, 1]  # (N, 1, Dh/2)
+        re, im = pairs[..., 0], pairs[..., 1]  # (N, H, Dh/2)
+        out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)  # (N, H, Dh/2, 2)
+    else:
+        rot = torch.view_as_complex(pairs) * torch.view_as_complex(factors)[:, None, :]  # (N, H, Dh/2) complex64
+        out = torch.view_as_real(rot)  # (N, H, Dh/2, 2)
+    return out.flatten(-2).type_as(x)  # (N, H, Dh)

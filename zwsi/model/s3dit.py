@@ -108,7 +108,7 @@ class Attention(nn.Module):
         if self.norm_q is not None and self.norm_k is not None:
             q, k = self.norm_q(q), self.norm_k(k)  # (N, H, Dh)
         q, k = apply_rope(q, rope), apply_rope(k, rope)  # (N, H, Dh), rotated in fp32
-        out = attention(q, k, v, layout, backend)  # (N, H, Dh)
+        out = attention(q, k, v, layout, backend, resolved=backend is not None)  # (N, H, Dh)
         return self.to_out[0](out.flatten(1).to(q.dtype))  # (N, D)
 
 
@@ -136,7 +136,7 @@ class S3DiTBlock(nn.Module):
         cond_index: Tensor | None = None,
         backend: str | None = None,
     ) -> Tensor:
-        """x (N, D); rope (N, Dh/2) complex factors; c (K, A) conditions, cond_index (N,) picks one per token (None: K = 1)."""
+        """x (N, D); rope (N, Dh/2, 2) factors; c (K, A) conditions, cond_index (N,) picks one per token (None: K = 1)."""
         if not self.modulation:
             x = x + self.attention_norm2(self.attention(self.attention_norm1(x), rope, layout, backend))  # (N, D)
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))  # (N, D)
@@ -239,7 +239,7 @@ class S3DiT(nn.Module):
         backend = resolve_backend(self.attention_backend, device)
         multi = packed.cond_t.numel() > 1
         c = self.t_embedder(packed.cond_t * self.config.t_scale).to(dtype)  # (K, A)
-        rope = rope_factors(self._all_positions(packed), self.config.axes_dims, self.config.rope_theta)  # (N_img+N_rep, Dh/2)
+        rope = rope_factors(self._all_positions(packed), self.config.axes_dims, self.config.rope_theta)  # (N_img+N_rep, Dh/2, 2)
         n_img = packed.patches.shape[0]
 
         img = self._embed_images(packed)  # (N_img, D)
@@ -250,8 +250,10 @@ class S3DiT(nn.Module):
         if packed.rep_layout is not None:
             rep = self._run(self.context_refiner, rep, rope[n_img:], packed.rep_layout, None, None, backend)
 
-        x = torch.cat([img, rep])[packed.unified_index]  # (N, D), per sample [target | contexts | report]
-        u_rope = rope[packed.unified_index]  # (N, Dh/2)
+        x = torch.cat([img, rep])  # (N, D)
+        u_rope = rope  # (N, Dh/2, 2)
+        if not packed.unified_is_cat:  # per sample [target | contexts | report]
+            x, u_rope = x[packed.unified_index], rope[packed.unified_index]  # (N, D), (N, Dh/2, 2)
         u_cond = packed.unified_cond if multi else None
         x = self._run(self.layers, x, u_rope, packed.unified_layout, c, u_cond, backend)  # (N, D)
         return x, c, packed

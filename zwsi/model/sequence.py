@@ -130,6 +130,7 @@ class PackedBatch:
         img_cond, rep_cond: (N_img,), (N_rep,) index into cond_t per token.
         img_layout, rep_layout, unified_layout: attention layouts of the three stages (rep_layout None: no report).
         unified_index: (N,) rows of cat([image stream, report stream]) in unified order.
+        unified_is_cat: True when unified_index is the identity (one sample), so the gather can be skipped.
         unified_is_target: (N,) True at target tokens (pads included) of the unified sequence.
         target_index: (N_tgt,) unified rows of the real target tokens, sample after sample.
         target_shapes: (C, F, H, W) of each target.
@@ -148,6 +149,7 @@ class PackedBatch:
     rep_layout: AttentionLayout | None
     unified_layout: AttentionLayout
     unified_index: Tensor
+    unified_is_cat: bool
     unified_is_target: Tensor
     target_index: Tensor
     target_shapes: list[tuple[int, int, int, int]]
@@ -305,6 +307,7 @@ def pack_batch(batch: list[SequenceSample], cfg: S3DiTConfig) -> PackedBatch:
         rep_layout=_layout(rep_blocks) if sum(rep_counts) else None,
         unified_layout=_layout(uni_blocks),
         unified_index=torch.cat(unified_index).to(device),  # (N,)
+        unified_is_cat=len(batch) == 1,
         unified_is_target=torch.cat(unified_is_target).to(device),  # (N,)
         target_index=torch.cat(target_index).to(device),  # (N_tgt,)
         target_shapes=target_shapes,
