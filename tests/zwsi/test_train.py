@@ -152,8 +152,8 @@ def test_two_gloo_processes_match_one_on_the_same_global_batch(dataset: Path, tm
     for k, v in QUIET.items():
         two_cfg[k] = {**two_cfg.get(k, {}), **v}
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(two_cfg))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(REPO_ROOT / "configs/accelerate/cpu-ddp-2proc.yaml"), "-m", "zwsi", "train", "--config",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "zwsi", "train", "--config",
            str(tmp_path / "two.yaml"), "--dataset", str(dataset), "--out", str(tmp_path / "two"), "--max-steps", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)

@@ -1,7 +1,8 @@
 """`zwsi train`: fine-tune the S3-DiT from a YAML config; `zwsi train merge-lora`: bake an adapter into a checkpoint.
 
     zwsi train --config configs/train/tiny-cpu.yaml --dataset DATASET [--max-steps N] [--out DIR] [--resume DIR]
-    accelerate launch --config_file configs/accelerate/ddp-2gpu.yaml -m zwsi train --config ...
+    accelerate launch --config_file configs/accelerate/ddp-multi-gpu.yaml -m zwsi train --config ...
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m zwsi train --config ...   # several CPU processes (gloo)
     zwsi train merge-lora --base Z-Image-Turbo --adapter runs/x/final/adapter --out merged/transformer
 """
 

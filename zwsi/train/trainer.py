@@ -135,6 +135,7 @@ class Trainer:
 
         cfg = self.config
         self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),  # on CPU-only machines torchrun's processes then join with gloo
             mixed_precision="bf16" if cfg.precision == "bf16" else "no",
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.distributed.find_unused_parameters)],
         )
