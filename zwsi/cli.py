@@ -9,7 +9,7 @@ import sys
 from zwsi import __version__
 
 # Each module in zwsi/commands/ adds its subcommands with `register(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ("report", "slide", "validate", "prepare", "train", "generate")
+COMMAND_MODULES: tuple[str, ...] = ("report", "slide", "validate", "prepare", "train", "generate", "train_vae")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,102 @@
+"""`zwsi train-vae`: train the small VAE on real slide crops; `zwsi train-vae eval`: measure a VAE on images.
+
+    zwsi train-vae --config configs/vae/small.yaml --out runs/vae-small [--resume] [--max-steps N] [--slide SVS]
+    zwsi train-vae eval zwsi/default_model/vae ../shared/data/tiles/mopadi IMAGE.png ... [--downsample 1 4] [--json]
+
+Training writes checkpoints (safetensors + JSON) under OUT/checkpoints, resumes from the newest with `--resume`,
+and exports OUT/vae (config.json with the measured scaling/shift + diffusion_pytorch_model.safetensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `zwsi train-vae` and `zwsi train-vae eval`."""
+    p = subparsers.add_parser(
+        "train-vae", help="train the small AutoencoderKL on real slide crops (configs/vae/*.yaml)",
+        description="Train a small diffusers AutoencoderKL (spatial factor 8) from a YAML config on crops of a real "
+        "slide at several µm/px. Subcommand `eval` measures PSNR/SSIM of a VAE folder on image files.",
+    )
+    p.add_argument("--config", type=Path, help="VAE training config YAML (e.g. configs/vae/small.yaml)")
+    p.add_argument("--out", type=Path, help="run folder (checkpoints, log.jsonl, vae/, metrics.json)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--max-steps", type=int, default=None, help="override budget.max_steps")
+    p.add_argument("--slide", type=str, default=None, help="override data.slide (the training slide)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for log files)")
+    p.set_defaults(func=run_train_vae)
+    sub = p.add_subparsers(dest="train_vae_command", metavar="SUBCOMMAND")
+    e = sub.add_parser("eval", help="PSNR/SSIM of a VAE's reconstructions of image files (or folders of them)")
+    e.add_argument("vae", type=Path, help="VAE folder (config.json + *.safetensors) or a hub folder with vae/")
+    e.add_argument("images", nargs="+", help="image files or folders (png/jpg/tif)")
+    e.add_argument("--downsample", type=int, nargs="+", default=[1], help="also shrink images by these factors")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=run_eval)
+
+
+def run_train_vae(args: argparse.Namespace) -> int:
+    import logging
+
+    from slide_io import SlideError
+    from zwsi.vae_train import NonFiniteLossError, VAETrainer, load_vae_train_config
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.config is None or args.out is None:
+        print("zwsi train-vae: --config and --out are required (e.g. --config configs/vae/small.yaml --out runs/vae)",
+              file=sys.stderr)
+        return 2
+    overrides: dict[str, dict[str, object]] = {}
+    if args.max_steps is not None:
+        overrides["budget"] = {"max_steps": args.max_steps}
+    if args.slide is not None:
+        overrides["data"] = {"slide": args.slide}
+    try:
+        config = load_vae_train_config(args.config, overrides)
+        result = VAETrainer(config, args.out, resume=args.resume, progress=not args.no_progress).fit()
+    except (ValueError, FileNotFoundError, SlideError) as exc:
+        print(f"zwsi train-vae: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"zwsi train-vae: stopped: {exc}", file=sys.stderr)
+        return 3
+    m = result.metrics
+    held = ", ".join(f"{k} µm/px {v['psnr']:.2f} dB / SSIM {v['ssim']:.3f}" for k, v in m["held_out_cmu"].items())
+    print(f"zwsi train-vae: {result.steps} steps in {m['train_seconds']:.0f} s; {m['params']:,} params, "
+          f"{m['weights_bytes'] / 1e6:.2f} MB ({m['storage_dtype']}); scaling_factor {m['scaling_factor']}, "
+          f"shift_factor {m['shift_factor']}; held-out CMU: {held}; VAE folder {result.vae_dir}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from zwsi.vae import VAE
+    from zwsi.vae_train import iter_images, reconstruction_metrics
+
+    if any(d < 1 for d in args.downsample):
+        print(f"zwsi train-vae eval: --downsample factors must be >= 1, got {args.downsample}", file=sys.stderr)
+        return 2
+    try:
+        vae = VAE.from_folder(args.vae)
+        rows = []
+        for path, rgb in iter_images(args.images):
+            for d in args.downsample:
+                psnr, ssim = reconstruction_metrics(vae, rgb, downsample=d)
+                rows.append({"image": str(path), "downsample": d, "psnr": psnr, "ssim": ssim})
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"zwsi train-vae eval: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"vae": str(args.vae), "rows": rows}, indent=2))
+        return 0
+    print(f"{'image':60s} {'down':>4s} {'PSNR dB':>8s} {'SSIM':>6s}")
+    for r in rows:
+        print(f"{r['image'][-60:]:60s} {r['downsample']:4d} {r['psnr']:8.2f} {r['ssim']:6.3f}")
+    for d in args.downsample:
+        sel = [r for r in rows if r["downsample"] == d]
+        print(f"{'mean':60s} {d:4d} {np.mean([r['psnr'] for r in sel]):8.2f} {np.mean([r['ssim'] for r in sel]):6.3f}")
+    return 0
