@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch and BLAS on one thread: the bootstrap does thousands of tiny products, for which waking a thread
+    pool costs far more than the work (measured: MONAI MMD on 14×27 features, 8.9 ms with 2 threads on a busy
+    2-core machine, 0.33 ms with 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # optional: only numpy's BLAS stays multi-threaded without it
+            yield
+        else:
+            with threadpool_limits(limits=1):
+                yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -69,11 +91,12 @@ def bootstrap_interval(
         if a.ndim == 0 or a.shape[0] < 2:
             msg = f"sample {i} needs at least 2 rows to bootstrap; got shape {a.shape}"
             raise ValueError(msg)
-    value = float(statistic(*arrays))
     rng = np.random.default_rng(seed)
     stats = np.empty(n_resamples)
-    for b in range(n_resamples):
-        stats[b] = statistic(*(a[rng.integers(0, a.shape[0], a.shape[0])] for a in arrays))
+    with single_threaded():
+        value = float(statistic(*arrays))
+        for b in range(n_resamples):
+            stats[b] = statistic(*(a[rng.integers(0, a.shape[0], a.shape[0])] for a in arrays))
     stats = stats[np.isfinite(stats)]
     alpha = (1.0 - confidence) / 2.0
     low, high = (np.quantile(stats, [alpha, 1.0 - alpha]) if stats.size else (np.nan, np.nan))

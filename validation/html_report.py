@@ -102,14 +102,14 @@ def _metric_table(level: dict[str, Any]) -> str:
                     f"<td>∞ (identical)</td><td>–</td></tr>")
     head = ("<tr><th>metric</th><th>real vs synthetic [95% CI]</th><th>real vs real (disjoint halves)</th>"
             "<th>size-matched</th></tr>")
-    stats = ["<tr><th>statistic</th><th>real mean</th><th>synthetic mean</th><th>synthetic − real [95% CI]</th>"
-             "<th>real-vs-real difference</th></tr>"]
+    stats = ["<tr><th>statistic</th><th>real median</th><th>synthetic median</th><th>synthetic / real [95% CI]</th>"
+             "<th>real half / real half</th></tr>"]
     for name in STATISTICS:
         s = level["statistics"][name]
         cls = " class='flag'" if s["beyond_reference"] else ""
-        stats.append(f"<tr{cls}><td>{name.replace('_', ' ')} ({html.escape(s['unit'])})</td><td>{_fmt(s['real_mean'])}"
-                     f"</td><td>{_fmt(s['synthetic_mean'])}</td><td>{_iv(s['difference'])}</td>"
-                     f"<td>{_iv(s['real_vs_real'])}</td></tr>")
+        stats.append(f"<tr{cls}><td>{name.replace('_', ' ')} ({html.escape(s['unit'])})</td><td>{_fmt(s['real_median'])}"
+                     f"</td><td>{_fmt(s['synthetic_median'])}</td><td>{_iv(s['ratio'])}</td>"
+                     f"<td>{_iv(s['real_vs_real_ratio'])}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table><table>{''.join(stats)}</table>"
 
 

@@ -85,8 +85,9 @@ def _split(n: int, seed: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     return np.sort(perm[: n // 2]), np.sort(perm[n // 2:])
 
 
-def _mean_diff(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
-    return float(np.nanmean(b) - np.nanmean(a))
+def _log_median_ratio(a: NDArray[np.float64], b: NDArray[np.float64]) -> float:
+    """log(median(b) / median(a)); statistics here are ≥ 0, the 1e-9 keeps an all-zero sample finite."""
+    return float(np.log((np.nanmedian(b) + 1e-9) / (np.nanmedian(a) + 1e-9)))
 
 
 def span_coordinates(x: NDArray[np.float64], y: NDArray[np.float64]
@@ -121,19 +122,30 @@ def compare_features(real: NDArray[np.float64], synth: NDArray[np.float64], conf
 
 def compare_statistics(real: dict[str, NDArray[np.float64]], synth: dict[str, NDArray[np.float64]],
                        config: ValidationConfig) -> dict[str, dict[str, Any]]:
-    """Per statistic: means, synthetic − real difference with interval, and the real-vs-real difference."""
+    """Per statistic: medians over tiles and the ratio synthetic / real of the medians with its interval, beside
+    the same ratio between two disjoint halves of the real tiles.
+
+    Ratios of medians (computed as log-ratios), because the statistics are positive and heavy-tailed across
+    tissue types: on the shared real tiles sharpness spans 190-4500, and two halves of them differ 3.6-fold in
+    median sharpness, so an absolute difference would hide a blur that divides sharpness by 25.
+    A statistic is `beyond_reference` when the ratio's interval excludes 1 and it departs from 1 by more than the
+    real-vs-real ratio and by more than 5%.
+    """
     out = {}
     for i, name in enumerate(STATISTICS):
         r, s = real[name], synth[name]
         h1, h2 = _split(len(r), config.seed)
-        diff = _interval(_mean_diff, (r, s), config, 10 + i)
-        reference = _interval(_mean_diff, (r[h1], r[h2]), config, 30 + i)
-        real_mean = float(np.nanmean(r))
-        bound = max(abs(reference.low), abs(reference.high), 0.05 * abs(real_mean))
-        differs = (diff.low > 0 or diff.high < 0) and abs(diff.value) > bound
-        out[name] = {"unit": UNITS[name], "real_mean": real_mean, "synthetic_mean": float(np.nanmean(s)),
-                     "difference": diff.to_dict(), "real_vs_real": reference.to_dict(), "beyond_reference": bool(differs),
-                     "relative_difference": diff.value / real_mean if real_mean else float("nan")}
+        log_ratio = _interval(_log_median_ratio, (r, s), config, 10 + i)
+        reference = _interval(_log_median_ratio, (r[h1], r[h2]), config, 30 + i)
+        excludes_one = log_ratio.low > 0 or log_ratio.high < 0
+        differs = excludes_one and abs(log_ratio.value) > max(abs(reference.value), np.log(1.05))
+        out[name] = {"unit": UNITS[name], "real_median": float(np.nanmedian(r)),
+                     "synthetic_median": float(np.nanmedian(s)),
+                     "ratio": {"value": float(np.exp(log_ratio.value)), "low": float(np.exp(log_ratio.low)),
+                               "high": float(np.exp(log_ratio.high))},
+                     "real_vs_real_ratio": {"value": float(np.exp(reference.value)),
+                                            "low": float(np.exp(reference.low)), "high": float(np.exp(reference.high))},
+                     "beyond_reference": bool(differs), "relative_difference": float(np.expm1(log_ratio.value))}
     return out
 
 
