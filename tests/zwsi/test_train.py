@@ -257,3 +257,28 @@ def test_windows_have_generation_context_patterns_positions_and_set_drop_rates(d
     one = local_indices(5, 0, batch_size=4, grad_accum=1, rank=0, world_size=1)
     two = sum((local_indices(5, 0, batch_size=2, grad_accum=1, rank=r, world_size=2) for r in range(2)), [])
     assert one == two == list(range(20, 24))
+
+
+# ---- frozen groups and the token budget -------------------------------------------------------------------------------
+@pytest.mark.parametrize("group", ["report", "image"])
+def test_a_frozen_group_does_not_move_and_the_rest_does(dataset: Path, tmp_path: Path, group: str) -> None:
+    from zwsi.train.config import FREEZE_GROUPS
+    from zwsi.train.control import build_model
+
+    cfg = config(control={"policy": "full", "freeze": [group]}, budget={"max_steps": 2}, ema={"enabled": False},
+                 data={"report_drop": 0.0})
+    trainer = Trainer(cfg, out=tmp_path / group, dataset=dataset)
+    result = trainer.fit()
+    before = dict(build_model(cfg.model, seed=cfg.seed).named_parameters())
+    after = dict(trainer.unwrapped.named_parameters())
+    frozen = {n for n in before if n.split(".")[0] in FREEZE_GROUPS[group]}
+    assert frozen and result.trainable["trainable"] == sum(p.numel() for n, p in before.items() if n not in frozen)
+    assert all(torch.equal(before[n], after[n]) for n in frozen)
+    moved = [n for n in before if n not in frozen and not torch.equal(before[n], after[n])]
+    assert "layers.0.attention.to_q.weight" in moved and len(moved) > len(before) // 2
+
+
+def test_a_token_budget_stops_the_run_once_spent(dataset: Path, tmp_path: Path) -> None:
+    result = train(dataset, tmp_path / "tok", budget={"max_steps": None, "max_tokens": 1000})
+    rows = [r for r in metrics(tmp_path / "tok") if "loss" in r]
+    assert result.tokens >= 1000 and rows[-2]["tokens"] < 1000 and result.steps == len(rows)
