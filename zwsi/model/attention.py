@@ -8,13 +8,15 @@ target tokens.
 
 Backends (`attention(..., backend=name)`, else env `ZWSI_ATTENTION`, else the default for the device):
 
-| name          | where       | how                                                                           |
-|---------------|-------------|-------------------------------------------------------------------------------|
-| `flash_attn`  | CUDA        | flash-attn varlen: FA3 (`flash_attn_interface`), FA4 (`flash_attn.cute`), FA2 (`flash_attn`), first importable |
-| `varlen`      | CUDA        | `torch.nn.attention.varlen.varlen_attn`                                        |
-| `sdpa`        | any         | one unmasked `scaled_dot_product_attention` per group of equal-size blocks (cuDNN / flash / CPU kernels) |
-| `sdpa_masked` | any         | one SDPA call over the whole packed sequence with a dense boolean mask          |
-| `math`        | any         | plain softmax(q k^T / sqrt(Dh)) v in float32, the reference                     |
+| name          | where | how                                                                                    |
+|---------------|-------|----------------------------------------------------------------------------------------|
+| `flash_attn`  | CUDA  | flash-attn varlen, the first importable of FA3 (`flash_attn_interface`), FA4           |
+|               |       | (`flash_attn.cute`), FA2 (`flash_attn`)                                                |
+| `varlen`      | CUDA  | `torch.nn.attention.varlen.varlen_attn`                                                |
+| `sdpa`        | any   | one unmasked `scaled_dot_product_attention` per group of equal-size blocks (cuDNN,     |
+|               |       | flash or CPU kernels); a view, no copy, for consecutive independent samples            |
+| `sdpa_masked` | any   | one SDPA call over the whole packed sequence with a dense boolean mask                 |
+| `math`        | any   | plain softmax(q k^T / sqrt(Dh)) v in float32, the reference                            |
 
 Default: `flash_attn` on CUDA when installed, else `sdpa` (on CUDA and CPU).
 """
@@ -57,7 +59,10 @@ class AttentionLayout:
         expected = 0
         for (qs, qe), (ks, ke) in zip(q_bounds, k_bounds):
             if qs != expected or qe <= qs or ke <= ks or ks < 0:
-                raise ValueError(f"query blocks must be consecutive and non-empty with non-empty key ranges, got {q_bounds} / {k_bounds}")
+                raise ValueError(
+                    "query blocks must be consecutive and non-empty with non-empty key ranges, "
+                    f"got {q_bounds} / {k_bounds}"
+                )
             expected = qe
         if any(ke > expected for _, ke in k_bounds):
             raise ValueError(f"key ranges {k_bounds} exceed the sequence length {expected}")
@@ -167,8 +172,8 @@ def _attn_sdpa(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout) -> Tens
             k_idx = torch.cat([torch.arange(s, e) for s, e in kb]).to(q.device)  # (G*Lk,)
             qg = q[q_idx].unflatten(0, (len(group), n_q))  # (G, Lq, H, Dh)
             kg, vg = (x[k_idx].unflatten(0, (len(group), n_k)) for x in (k, v))  # (G, Lk, H, Dh)
-        out = F.scaled_dot_product_attention(qg.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2))  # (G, H, Lq, Dh)
-        out = out.transpose(1, 2)  # (G, Lq, H, Dh)
+        qg, kg, vg = (x.transpose(1, 2) for x in (qg, kg, vg))  # (G, H, L, Dh)
+        out = F.scaled_dot_product_attention(qg, kg, vg).transpose(1, 2)  # (G, Lq, H, Dh)
         if contiguous:
             pieces.append((qb[0][0], out.flatten(0, 1)))  # (G*Lq, H, Dh)
         else:

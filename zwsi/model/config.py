@@ -54,10 +54,13 @@ class S3DiTConfig:
             raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
         if self.n_kv_heads != self.n_heads:
             raise ValueError(
-                f"n_kv_heads={self.n_kv_heads} must equal n_heads={self.n_heads} (the S3-DiT has no grouped-query attention)"
+                f"n_kv_heads={self.n_kv_heads} must equal n_heads={self.n_heads} "
+                "(the S3-DiT has no grouped-query attention)"
             )
         if len(self.axes_dims) != 3 or len(self.axes_lens) != 3:
-            raise ValueError(f"axes_dims={self.axes_dims} and axes_lens={self.axes_lens} must each have 3 entries (t, h, w)")
+            raise ValueError(
+                f"axes_dims={self.axes_dims} and axes_lens={self.axes_lens} must each have 3 entries (t, h, w)"
+            )
         if any(d % 2 for d in self.axes_dims):
             raise ValueError(f"axes_dims={self.axes_dims} must all be even (RoPE rotates pairs)")
         if sum(self.axes_dims) != self.head_dim:

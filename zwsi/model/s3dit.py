@@ -51,7 +51,9 @@ class RMSNorm(nn.Module):
 class TimestepEmbedder(nn.Module):
     """Sinusoidal embedding of the scaled timestep (cos half first) followed by a 2-layer SiLU MLP."""
 
-    def __init__(self, out_dim: int, mid_dim: int = TIMESTEP_MLP_HIDDEN, freq_dim: int = FREQUENCY_EMBEDDING_SIZE) -> None:
+    def __init__(
+        self, out_dim: int, mid_dim: int = TIMESTEP_MLP_HIDDEN, freq_dim: int = FREQUENCY_EMBEDDING_SIZE
+    ) -> None:
         super().__init__()
         self.freq_dim = freq_dim
         self.mlp = nn.Sequential(nn.Linear(freq_dim, mid_dim), nn.SiLU(), nn.Linear(mid_dim, out_dim))
@@ -136,7 +138,7 @@ class S3DiTBlock(nn.Module):
         cond_index: Tensor | None = None,
         backend: str | None = None,
     ) -> Tensor:
-        """x (N, D); rope (N, Dh/2, 2) factors; c (K, A) conditions, cond_index (N,) picks one per token (None: K = 1)."""
+        """x (N, D); rope (N, Dh/2, 2) factors; c (K, A) conditions; cond_index (N,) picks one per token (None: K=1)."""
         if not self.modulation:
             x = x + self.attention_norm2(self.attention(self.attention_norm1(x), rope, layout, backend))  # (N, D)
             return x + self.ffn_norm2(self.feed_forward(self.ffn_norm1(x)))  # (N, D)
@@ -239,7 +241,8 @@ class S3DiT(nn.Module):
         backend = resolve_backend(self.attention_backend, device)
         multi = packed.cond_t.numel() > 1
         c = self.t_embedder(packed.cond_t * self.config.t_scale).to(dtype)  # (K, A)
-        rope = rope_factors(self._all_positions(packed), self.config.axes_dims, self.config.rope_theta)  # (N_img+N_rep, Dh/2, 2)
+        positions = torch.cat([packed.img_positions, packed.rep_positions])  # (N_img+N_rep, 3)
+        rope = rope_factors(positions, self.config.axes_dims, self.config.rope_theta)  # (N_img+N_rep, Dh/2, 2)
         n_img = packed.patches.shape[0]
 
         img = self._embed_images(packed)  # (N_img, D)
@@ -259,10 +262,6 @@ class S3DiT(nn.Module):
         return x, c, packed
 
     # ------------------------------------------------------------------ stages
-    @staticmethod
-    def _all_positions(packed: PackedBatch) -> Tensor:
-        return torch.cat([packed.img_positions, packed.rep_positions])  # (N_img+N_rep, 3)
-
     def _embed_images(self, packed: PackedBatch) -> Tensor:
         x = self.all_x_embedder[self.config.patch_key](packed.patches)  # (N_img, D)
         return torch.where(packed.img_pad[:, None], self.x_pad_token, x)  # (N_img, D)

@@ -2,11 +2,11 @@
 
 A `SequenceSample` is one model call's worth of tokens for one window (DESIGN §3):
 
-| segment  | tokens                        | refiner                      | modulation in the blocks       |
-|----------|-------------------------------|------------------------------|--------------------------------|
-| report   | text features, padded to 32   | context refiner (none)       | t, like Z-Image (clean with the cached-context mask) |
-| target   | noisy latents, padded to 32   | noise refiner                | t of the current step          |
-| contexts | clean latents, each padded    | noise refiner (with target)  | clean: t = 1                   |
+| segment  | tokens                      | refiner                     | modulation in the main layers        |
+|----------|-----------------------------|-----------------------------|--------------------------------------|
+| report   | text features, padded to 32 | context refiner (none)      | t, as Z-Image (t = 1 under the mask) |
+| target   | noisy latents, padded to 32 | noise refiner               | t of the current step                |
+| contexts | clean latents, each padded  | noise refiner (with target) | clean: t = 1                         |
 
 Positions are float (t, h, w) per image token in raster order (see `zwsi.model.rope`). The report always sits at
 (k+1, 0, 0), k over its padded length, as in Z-Image; image pad tokens sit at (0, 0, 0).
@@ -88,7 +88,9 @@ def volume_positions(t0: float, n_f: int, n_h: int, n_w: int) -> Tensor:
     return torch.cat([grid_positions(t0 + f, n_h, n_w) for f in range(n_f)], dim=0)  # (n_f*n_h*n_w, 3)
 
 
-def t2i_sample(latents: Tensor, t: float | Tensor, cap_feats: Tensor, patch_size: int = 2, f_patch_size: int = 1) -> SequenceSample:
+def t2i_sample(
+    latents: Tensor, t: float | Tensor, cap_feats: Tensor, patch_size: int = 2, f_patch_size: int = 1
+) -> SequenceSample:
     """Z-Image's own text-to-image sequence: report at (k+1, 0, 0), target at (Lp+1+f, i, j), no context.
 
     Args:
@@ -194,13 +196,18 @@ def _check_segment(seg: ImageSegment, cfg: S3DiTConfig, what: str) -> int:
         raise ValueError(f"{what} latents {tuple(lat.shape)}: F must be a positive multiple of {pf}, H and W of {p}")
     n = (f // pf) * (h // p) * (w // p)
     if pos.shape != (n, 3):
-        raise ValueError(f"{what} positions must have shape ({n}, 3) for latents {tuple(lat.shape)}, got {tuple(pos.shape)}")
+        raise ValueError(
+            f"{what} positions must have shape ({n}, 3) for latents {tuple(lat.shape)}, got {tuple(pos.shape)}"
+        )
     return n
 
 
-def _merge_blocks(blocks: list[tuple[tuple[int, int], tuple[int, int]]]) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+Blocks = list[tuple[tuple[int, int], tuple[int, int]]]  # (query range, key range) per attention block
+
+
+def _merge_blocks(blocks: Blocks) -> Blocks:
     """Drop empty query blocks and merge consecutive blocks that attend to the same key range."""
-    out: list[tuple[tuple[int, int], tuple[int, int]]] = []
+    out: Blocks = []
     for (qs, qe), kb in blocks:
         if qe == qs:
             continue
@@ -211,9 +218,95 @@ def _merge_blocks(blocks: list[tuple[tuple[int, int], tuple[int, int]]]) -> list
     return out
 
 
-def _layout(blocks: list[tuple[tuple[int, int], tuple[int, int]]]) -> AttentionLayout:
+def _layout(blocks: Blocks) -> AttentionLayout:
     merged = _merge_blocks(blocks)
     return AttentionLayout([q for q, _ in merged], [k for _, k in merged])
+
+
+class _Conditions:
+    """The distinct t values of a batch (one modulation each); clean tokens use t = 1."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self._ids: dict[float, int] = {}
+
+    def id(self, t: float | Tensor) -> int:
+        value = float(torch.as_tensor(t, dtype=torch.float32))
+        if value not in self._ids:
+            self._ids[value] = len(self.values)
+            self.values.append(value)
+        return self._ids[value]
+
+
+@dataclass
+class _SampleTokens:
+    """One sample's pieces of the image and report streams (CPU index data; patches/feats on the input device)."""
+
+    patches: list[Tensor]
+    img_pad: list[Tensor]
+    img_pos: list[Tensor]
+    img_cond: list[Tensor]
+    feats: list[Tensor]
+    rep_pad: Tensor
+    rep_pos: Tensor
+    rep_cond: Tensor
+    n_target: int  # real target tokens
+    n_target_padded: int
+    n_img: int  # target + contexts, pads included
+    n_rep: int  # Lp
+    target_shape: tuple[int, int, int, int]
+
+
+def _sample_tokens(b: int, s: SequenceSample, cfg: S3DiTConfig, conds: _Conditions) -> _SampleTokens:
+    """Patchify and pad the target and contexts (each to a multiple of 32) and the report, with positions and
+    per-token condition ids."""
+    p, pf = cfg.patch_size, cfg.f_patch_size
+    noisy = conds.id(s.t)
+    segments = [(s.target, noisy, "target")] + [(c, conds.id(1.0), f"context {j}") for j, c in enumerate(s.contexts)]
+    tok = _SampleTokens([], [], [], [], [], torch.empty(0), torch.empty(0), torch.empty(0), 0, 0, 0, 0, (0, 0, 0, 0))
+    for seg, cid, what in segments:
+        n = _check_segment(seg, cfg, f"sample {b} {what}")
+        n_pad = _padded(n) - n
+        tok.patches += [patchify(seg.latents, p, pf), seg.latents.new_zeros(n_pad, cfg.patch_dim)]  # (n+pad, P)
+        tok.img_pad.append(torch.arange(n + n_pad) >= n)
+        pad_pos = torch.zeros(n_pad, 3, dtype=torch.float64)  # image pad tokens sit at (0, 0, 0)
+        tok.img_pos.append(torch.cat([seg.positions.to("cpu", torch.float64), pad_pos]))  # (n+pad, 3)
+        tok.img_cond.append(torch.full((n + n_pad,), cid, dtype=torch.long))
+        if seg is s.target:
+            tok.n_target, tok.n_target_padded, tok.target_shape = n, n + n_pad, tuple(seg.latents.shape)
+        tok.n_img += n + n_pad
+
+    if s.report.ndim != 2 or s.report.shape[1] != cfg.cap_feat_dim:
+        raise ValueError(f"sample {b} report must be (L, {cfg.cap_feat_dim}), got shape {tuple(s.report.shape)}")
+    n_rep = s.report.shape[0]
+    lp = report_token_count(n_rep)
+    tok.feats = [s.report, s.report.new_zeros(lp - n_rep, cfg.cap_feat_dim)]  # (Lp, cap_feat_dim)
+    tok.rep_pad = torch.arange(lp) >= n_rep
+    k = torch.arange(1, lp + 1, dtype=torch.float64)  # report token k at (k+1, 0, 0), pads continuing
+    tok.rep_pos = torch.stack([k, torch.zeros_like(k), torch.zeros_like(k)], dim=-1)  # (Lp, 3)
+    report_cond = noisy if s.report_attends_target else conds.id(1.0)  # clean under the cached-context mask
+    tok.rep_cond = torch.full((lp,), report_cond, dtype=torch.long)
+    tok.n_rep = lp
+    return tok
+
+
+def _sample_blocks(s: SequenceSample, tok: _SampleTokens, i0: int, r0: int, u0: int) -> tuple[Blocks, Blocks, Blocks]:
+    """Attention blocks of one sample in the image stream (offset i0), report stream (r0) and unified sequence (u0).
+
+    Target queries see every key of their sample; context / report queries leave out the target's keys when the
+    sample asks for the cached-context mask.
+    """
+    t_end, i_end = i0 + tok.n_target_padded, i0 + tok.n_img
+    img = [((i0, t_end), (i0, i_end)), ((t_end, i_end), (i0, i_end) if s.context_attends_target else (t_end, i_end))]
+    rep = [((r0, r0 + tok.n_rep), (r0, r0 + tok.n_rep))]
+    u_t, u_c, u_end = u0 + tok.n_target_padded, u0 + tok.n_img, u0 + tok.n_img + tok.n_rep
+    everything, not_target = (u0, u_end), (u_t, u_end)
+    uni = [
+        ((u0, u_t), everything),
+        ((u_t, u_c), everything if s.context_attends_target else not_target),
+        ((u_c, u_end), everything if s.report_attends_target else not_target),
+    ]
+    return img, rep, uni
 
 
 def pack_batch(batch: list[SequenceSample], cfg: S3DiTConfig) -> PackedBatch:
@@ -224,91 +317,42 @@ def pack_batch(batch: list[SequenceSample], cfg: S3DiTConfig) -> PackedBatch:
     """
     if not batch:
         raise ValueError("the batch is empty; expected at least one SequenceSample")
-    p, pf = cfg.patch_size, cfg.f_patch_size
-    device = batch[0].target.latents.device
-    cond_ids: dict[float, int] = {}  # one modulation per distinct t (clean tokens: t = 1)
-    cond_t: list[float] = []
+    device, dtype = batch[0].target.latents.device, batch[0].target.latents.dtype
+    conds = _Conditions()
+    tokens = [_sample_tokens(b, s, cfg, conds) for b, s in enumerate(batch)]
+    n_img_total = sum(tok.n_img for tok in tokens)
 
-    def cond_id(t: float | Tensor) -> int:
-        value = float(torch.as_tensor(t, dtype=torch.float32))
-        if value not in cond_ids:
-            cond_ids[value] = len(cond_t)
-            cond_t.append(value)
-        return cond_ids[value]
-
-    patches, img_pad, img_pos, img_cond = [], [], [], []
-    feats, rep_pad, rep_pos, rep_cond = [], [], [], []
     img_blocks, rep_blocks, uni_blocks = [], [], []
-    img_counts, rep_counts, target_shapes, target_counts, target_padded = [], [], [], [], []
-    for b, s in enumerate(batch):
-        noisy = cond_id(s.t)
-        segments = [(s.target, noisy)] + [(ctx, cond_id(1.0)) for ctx in s.contexts]
-        n_img = 0
-        for k, (seg, cid) in enumerate(segments):
-            n = _check_segment(seg, cfg, f"sample {b} " + ("target" if k == 0 else f"context {k - 1}"))
-            n_pad = _padded(n) - n
-            patches.append(patchify(seg.latents, p, pf))
-            patches.append(seg.latents.new_zeros(n_pad, cfg.patch_dim))
-            img_pad.append(torch.arange(n + n_pad) >= n)
-            img_pos.append(torch.cat([seg.positions.to("cpu", torch.float64), torch.zeros(n_pad, 3, dtype=torch.float64)]))
-            img_cond.append(torch.full((n + n_pad,), cid, dtype=torch.long))
-            n_img += n + n_pad
-            if k == 0:
-                target_shapes.append(tuple(seg.latents.shape))
-                target_counts.append(n)
-                target_padded.append(n + n_pad)
-        if s.report.ndim != 2 or s.report.shape[1] != cfg.cap_feat_dim:
-            raise ValueError(f"sample {b} report must be (L, {cfg.cap_feat_dim}), got shape {tuple(s.report.shape)}")
-        n_rep = s.report.shape[0]
-        lp = report_token_count(n_rep)
-        feats += [s.report, s.report.new_zeros(lp - n_rep, cfg.cap_feat_dim)]
-        rep_pad.append(torch.arange(lp) >= n_rep)
-        rep_pos.append(torch.stack([torch.arange(1, lp + 1), torch.zeros(lp), torch.zeros(lp)], dim=-1).double())
-        rid = noisy if s.report_attends_target else cond_id(1.0)
-        rep_cond.append(torch.full((lp,), rid, dtype=torch.long))
-        img_counts.append(n_img)
-        rep_counts.append(lp)
-
-        # attention blocks of this sample in each stage: (query range, key range)
-        i0, t_end, i_end = sum(img_counts[:-1]), sum(img_counts[:-1]) + target_padded[-1], sum(img_counts)
-        ctx_keys = (t_end, i_end) if not s.context_attends_target else (i0, i_end)
-        img_blocks += [((i0, t_end), (i0, i_end)), ((t_end, i_end), ctx_keys)]
-        r0 = sum(rep_counts[:-1])
-        rep_blocks.append(((r0, r0 + lp), (r0, r0 + lp)))
-        u0 = sum(img_counts[:-1]) + sum(rep_counts[:-1])
-        u_t, u_c, u_end = u0 + target_padded[-1], u0 + n_img, u0 + n_img + lp
-        uni_blocks += [
-            ((u0, u_t), (u0, u_end)),
-            ((u_t, u_c), (u_t, u_end) if not s.context_attends_target else (u0, u_end)),
-            ((u_c, u_end), (u_t, u_end) if not s.report_attends_target else (u0, u_end)),
-        ]
-
-    n_img_total = sum(img_counts)
     unified_index, unified_is_target, target_index = [], [], []
     i0 = r0 = u0 = 0
-    for b in range(len(batch)):
-        unified_index += [torch.arange(i0, i0 + img_counts[b]), n_img_total + torch.arange(r0, r0 + rep_counts[b])]
-        unified_is_target.append(torch.arange(img_counts[b] + rep_counts[b]) < target_padded[b])
-        target_index.append(u0 + torch.arange(target_counts[b]))
-        i0, r0, u0 = i0 + img_counts[b], r0 + rep_counts[b], u0 + img_counts[b] + rep_counts[b]
+    for s, tok in zip(batch, tokens):
+        img, rep, uni = _sample_blocks(s, tok, i0, r0, u0)
+        img_blocks += img
+        rep_blocks += rep
+        uni_blocks += uni
+        unified_index += [torch.arange(i0, i0 + tok.n_img), n_img_total + torch.arange(r0, r0 + tok.n_rep)]
+        unified_is_target.append(torch.arange(tok.n_img + tok.n_rep) < tok.n_target_padded)
+        target_index.append(u0 + torch.arange(tok.n_target))
+        i0, r0, u0 = i0 + tok.n_img, r0 + tok.n_rep, u0 + tok.n_img + tok.n_rep
 
-    dtype = batch[0].target.latents.dtype
+    has_report = r0 > 0
+    feats = [f for tok in tokens for f in tok.feats]
     return PackedBatch(
-        patches=torch.cat(patches).to(device),  # (N_img, P)
-        img_pad=torch.cat(img_pad).to(device),  # (N_img,)
-        img_positions=torch.cat(img_pos).to(device),  # (N_img, 3)
-        report_feats=torch.cat(feats).to(device, dtype) if sum(rep_counts) else torch.zeros(0, cfg.cap_feat_dim, device=device, dtype=dtype),
-        rep_pad=torch.cat(rep_pad).to(device),  # (N_rep,)
-        rep_positions=torch.cat(rep_pos).to(device),  # (N_rep, 3)
-        cond_t=torch.tensor(cond_t, dtype=torch.float32, device=device),  # (K,)
-        img_cond=torch.cat(img_cond).to(device),  # (N_img,)
-        rep_cond=torch.cat(rep_cond).to(device),  # (N_rep,)
+        patches=torch.cat([x for tok in tokens for x in tok.patches]).to(device),  # (N_img, P)
+        img_pad=torch.cat([x for tok in tokens for x in tok.img_pad]).to(device),  # (N_img,)
+        img_positions=torch.cat([x for tok in tokens for x in tok.img_pos]).to(device),  # (N_img, 3)
+        report_feats=torch.cat(feats).to(device, dtype),  # (N_rep, cap_feat_dim)
+        rep_pad=torch.cat([tok.rep_pad for tok in tokens]).to(device),  # (N_rep,)
+        rep_positions=torch.cat([tok.rep_pos for tok in tokens]).to(device),  # (N_rep, 3)
+        cond_t=torch.tensor(conds.values, dtype=torch.float32, device=device),  # (K,)
+        img_cond=torch.cat([x for tok in tokens for x in tok.img_cond]).to(device),  # (N_img,)
+        rep_cond=torch.cat([tok.rep_cond for tok in tokens]).to(device),  # (N_rep,)
         img_layout=_layout(img_blocks),
-        rep_layout=_layout(rep_blocks) if sum(rep_counts) else None,
+        rep_layout=_layout(rep_blocks) if has_report else None,
         unified_layout=_layout(uni_blocks),
         unified_index=torch.cat(unified_index).to(device),  # (N,)
         unified_is_cat=len(batch) == 1,
         unified_is_target=torch.cat(unified_is_target).to(device),  # (N,)
         target_index=torch.cat(target_index).to(device),  # (N_tgt,)
-        target_shapes=target_shapes,
+        target_shapes=[tok.target_shape for tok in tokens],
     )
