@@ -240,7 +240,9 @@ def prepare_dataset(
     pairs = match_reports(slides, records, mapping)
     background = _background(vae, plan_config)
 
-    for slide_path, record in pairs:
+    from tqdm.auto import tqdm
+
+    for slide_path, record in tqdm(pairs, desc="slides", unit="slide", disable=not progress):
         sid = slide_id_of(slide_path)
         entry = manifest.entry(sid)
         if entry is not None and entry.status in ("done", "skipped"):
