@@ -44,10 +44,13 @@ def build_models(cfg: S3DiTConfig, device: torch.device, dtype: torch.dtype, att
     return reference.eval(), ours.eval()
 
 
-def make_inputs(cfg: S3DiTConfig, size_px: int, batch: int, caption_len: int, device: torch.device, dtype: torch.dtype):
-    latent = size_px // 8
+def make_inputs(
+    cfg: S3DiTConfig, size_px: int, batch: int, caption_len: int, device: torch.device, dtype: torch.dtype, mixed: bool
+):
+    """batch latents of size_px² (with `mixed`, every other one is half the size), captions 13 tokens apart."""
     gen = torch.Generator(device="cpu").manual_seed(size_px)
-    x = [torch.randn(cfg.in_channels, 1, latent, latent, generator=gen).to(device, dtype) for _ in range(batch)]
+    latents = [size_px // 8 // (2 if mixed and i % 2 else 1) for i in range(batch)]
+    x = [torch.randn(cfg.in_channels, 1, n, n, generator=gen).to(device, dtype) for n in latents]
     caps = [torch.randn(caption_len + 13 * i, cfg.cap_feat_dim, generator=gen).to(device, dtype) for i in range(batch)]
     t = torch.linspace(0.3, 0.7, batch, device=device)
     return x, t, caps
@@ -62,7 +65,9 @@ def _now(device: torch.device) -> float:
     return time.process_time()
 
 
-def timed_pair(fns: list[Callable[[], object]], device: torch.device, warmup: int, reps: int) -> tuple[list[float], list[object]]:
+def timed_pair(
+    fns: list[Callable[[], object]], device: torch.device, warmup: int, reps: int
+) -> tuple[list[float], list[object]]:
     """Median wall time (ms) of each fn after warm-up, the fns interleaved rep by rep so that a busy machine slows
     both alike; and each fn's last result."""
     outs: list[object] = [None] * len(fns)
@@ -108,18 +113,23 @@ def main(args: argparse.Namespace) -> None:
             for block in blocks:
                 block.compile()
     n_params = sum(p.numel() for p in ours.parameters())
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} thread(s), process CPU time"
+    if device.type == "cuda":
+        dev_name = torch.cuda.get_device_name(device)
+    else:
+        dev_name = f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} thread(s), process CPU time"
     print(f"S3-DiT forward benchmark: {n_params / 1e9:.3f}B params, {args.dtype}, {dev_name}, torch {torch.__version__}")
-    print(f"config: dim={cfg.dim} layers={cfg.n_layers}+2x{cfg.n_refiner_layers} heads={cfg.n_heads}; batch {args.batch}, "
+    print(f"config: dim={cfg.dim} layers={cfg.n_layers}+2x{cfg.n_refiner_layers} heads={cfg.n_heads}; "
+          f"batch {args.batch}{' mixed sizes' if args.mixed else ''}, "
           f"caption {args.caption_len} tokens; compile={args.compile} checkpointing={args.checkpointing}")
-    header = f"{'size':>6} {'tokens':>7} {'mode':>6} {'diffusers ms':>13} {'zwsi ms':>9} {'ratio':>6} {'zwsi tok/s':>11} {'rel diff':>9}"
+    header = (f"{'size':>6} {'tokens':>7} {'mode':>6} {'diffusers ms':>13} {'zwsi ms':>9} {'ratio':>6} "
+              f"{'zwsi tok/s':>11} {'rel diff':>9}")
     if device.type == "cuda":
         header += f" {'peak GiB':>9}"
     print(header)
     modes = ["fwd"] + (["train"] if args.train else [])
     for size in args.sizes:
-        x, t, caps = make_inputs(cfg, size, args.batch, args.caption_len, device, dtype)
-        tokens = sum((size // 16) ** 2 + c.shape[0] for c in caps)
+        x, t, caps = make_inputs(cfg, size, args.batch, args.caption_len, device, dtype, args.mixed)
+        tokens = sum((xi.shape[-1] // 2) ** 2 + c.shape[0] for xi, c in zip(x, caps))
         calls = [lambda: reference(x, t, caps, return_dict=False)[0], lambda: ours.forward_t2i(x, t, caps)]
         for mode in modes:
             if device.type == "cuda":
@@ -150,10 +160,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="image sizes in pixels (default: 256 512 on CPU, 1024 2048 on CUDA)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--caption-len", type=int, default=100, help="caption tokens of the first sample")
+    parser.add_argument("--mixed", action="store_true",
+                        help="every other sample at half the size: diffusers pads the batch, zwsi packs it")
     parser.add_argument("--train", action="store_true", help="also time one training step (forward + backward)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in both models")
     parser.add_argument("--compile", action="store_true", help="torch.compile every transformer block of both models")
-    parser.add_argument("--attention", default=None, help="zwsi attention backend (default: ZWSI_ATTENTION or per device)")
+    parser.add_argument("--attention", default=None,
+                        help="zwsi attention backend (default: env ZWSI_ATTENTION, else per device)")
     parser.add_argument("--warmup", type=int, default=None, help="default: 1 on CPU, 3 on CUDA")
     parser.add_argument("--reps", type=int, default=None, help="default: 3 on CPU, 10 on CUDA")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads; times are process CPU time (default 1)")
