@@ -103,7 +103,7 @@ class AttentionLayout:
             cu_k = torch.tensor([0, *_cumsum(k_lens)], dtype=torch.int32, device=device)  # (nb+1,)
             k_index = None
             if not self.is_block_diagonal:
-                k_index = torch.cat([torch.arange(s, e) for s, e in self.k_bounds]).to(device)  # (sum k_lens,)
+                k_index = torch.cat([torch.arange(s, e, device=device) for s, e in self.k_bounds])  # (sum k_lens,)
             self._device_cache[key] = (cu_q, cu_k, k_index)
         return self._device_cache[key]  # type: ignore[return-value]
 
@@ -168,8 +168,8 @@ def _attn_sdpa(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout) -> Tens
             start, end = qb[0][0], qb[-1][1]
             qg, kg, vg = (x[start:end].unflatten(0, (len(group), n_q)) for x in (q, k, v))  # (G, Lq, H, Dh)
         else:
-            q_idx = torch.cat([torch.arange(s, e) for s, e in qb]).to(q.device)  # (G*Lq,)
-            k_idx = torch.cat([torch.arange(s, e) for s, e in kb]).to(q.device)  # (G*Lk,)
+            q_idx = torch.cat([torch.arange(s, e, device=q.device) for s, e in qb])  # (G*Lq,)
+            k_idx = torch.cat([torch.arange(s, e, device=q.device) for s, e in kb])  # (G*Lk,)
             qg = q[q_idx].unflatten(0, (len(group), n_q))  # (G, Lq, H, Dh)
             kg, vg = (x[k_idx].unflatten(0, (len(group), n_k)) for x in (k, v))  # (G, Lk, H, Dh)
         qg, kg, vg = (x.transpose(1, 2) for x in (qg, kg, vg))  # (G, H, L, Dh)
