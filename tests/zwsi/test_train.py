@@ -82,25 +82,27 @@ def test_loss_and_validation_loss_fall_over_300_steps(dataset: Path, tmp_path: P
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------------
-def test_stopped_and_resumed_run_equals_an_uninterrupted_one_exactly(dataset: Path, tmp_path: Path) -> None:
-    steps = {"warmup_steps": 4}
-    whole = train(dataset, tmp_path / "whole", budget={"max_steps": 10}, optim=steps)
-    part1 = train(dataset, tmp_path / "split", budget={"max_steps": 5}, optim=steps)
+@pytest.mark.parametrize("policy", ["full", "lora"])
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one_exactly(dataset: Path, tmp_path: Path, policy: str) -> None:
+    kw: dict[str, Any] = {"optim": {"warmup_steps": 4}, "control": {"policy": policy, "lora": {"rank": 4}}}
+    whole = train(dataset, tmp_path / "whole", budget={"max_steps": 10}, **kw)
+    part1 = train(dataset, tmp_path / "split", budget={"max_steps": 5}, **kw)
     ck = tmp_path / "split" / "checkpoints" / "step-0000005"
     files = sorted(p.relative_to(ck).as_posix() for p in ck.rglob("*") if p.is_file())
     assert all(f.endswith((".safetensors", ".json")) for f in files), files  # no pickle anywhere
+    model_file = "transformer/diffusion_pytorch_model.safetensors" if policy == "full" else "adapter/adapter_model.safetensors"
     assert {"optimizer.safetensors", "optimizer.json", "scheduler.json", "ema.safetensors", "state.json",
-            "rng-rank0.safetensors", "transformer/diffusion_pytorch_model.safetensors"} <= set(files)
+            "rng-rank0.safetensors", model_file} <= set(files)
     state = json.loads((ck / "state.json").read_text())
     assert (state["step"], state["next_sample_index"]) == (5, 20)
-    part2 = train(dataset, tmp_path / "split", resume=tmp_path / "split", budget={"max_steps": 10}, optim=steps)
+    part2 = train(dataset, tmp_path / "split", resume=tmp_path / "split", budget={"max_steps": 10}, **kw)
     assert part1.losses + part2.losses == whole.losses  # bit for bit on CPU
     assert [r["step"] for r in metrics(tmp_path / "split")] == list(range(1, 11))
     from safetensors.torch import load_file
 
-    a = load_file(tmp_path / "whole/final/ema-transformer/diffusion_pytorch_model.safetensors")
-    b = load_file(tmp_path / "split/final/ema-transformer/diffusion_pytorch_model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    name = "ema-transformer/diffusion_pytorch_model.safetensors" if policy == "full" else "ema-adapter/adapter_model.safetensors"
+    a, b = load_file(tmp_path / "whole/final" / name), load_file(tmp_path / "split/final" / name)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---- LoRA -----------------------------------------------------------------------------------------------------------

@@ -76,8 +76,10 @@ def lora_target_regex(control: ControlConfig) -> str:
     return r"^(" + "|".join(blocks) + r")\.\d+\.(" + "|".join(parts) + ")$"
 
 
-def apply_control(model: nn.Module, control: ControlConfig) -> nn.Module:
+def apply_control(model: nn.Module, control: ControlConfig, *, seed: int = 0) -> nn.Module:
     """Set what trains (in place, returns the model): the policy, then the frozen groups.
+
+    LoRA's A matrices are drawn from a generator seeded with `seed` (B starts at zero), so a run is reproducible.
 
     Returns:
         The model (LoRA layers injected for ``lora``); `trainable_summary` counts what trains.
@@ -88,7 +90,9 @@ def apply_control(model: nn.Module, control: ControlConfig) -> nn.Module:
         lcfg = LoraConfig(r=control.lora.rank, lora_alpha=control.lora.alpha, lora_dropout=control.lora.dropout,
                           target_modules=lora_target_regex(control), bias="none")
         model.requires_grad_(False)
-        model = inject_adapter_in_model(lcfg, model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = inject_adapter_in_model(lcfg, model)
         for name, p in model.named_parameters():
             p.requires_grad_("lora_" in name)
             if "lora_" in name and p.dtype != torch.float32:

@@ -152,7 +152,7 @@ class Trainer:
         if model.config.patch_size != plan.patch_size or model.config.in_channels != plan.latent_channels:
             raise ValueError(f"model patch {model.config.patch_size} / channels {model.config.in_channels} do not fit "
                              f"the dataset's geometry (patch {plan.patch_size}, channels {plan.latent_channels})")
-        model = apply_control(model, cfg.control)
+        model = apply_control(model, cfg.control, seed=cfg.seed)
         self.counts = trainable_summary(model)
         if self.counts["trainable"] == 0:
             raise ValueError("nothing to train: control.freeze froze every parameter")
