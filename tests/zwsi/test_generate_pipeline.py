@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,17 @@ SMALL = dict(width_um=380.0, height_um=250.0, mpp=2.0)  # 190 x 125 px: 2 x 3 wi
 STEPS = 2
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: on the shared 2-core machine two threads oversubscribe and run the tiny convs 5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def tiny() -> SlideGenerator:
+def tiny(one_thread: None) -> SlideGenerator:
     return SlideGenerator.from_pretrained("tiny", random_init=True)
 
 

@@ -555,7 +555,7 @@ def level_tissue_mask(pixels: WindowStore, level: Any, tissue_mpp: float) -> tup
 
     f = max(1, round(tissue_mpp / level.mpp))
     h, w = level.slide_pixels
-    band = f * max(1, 4096 // f)
+    band = f * max(1, 2**22 // (w * f))  # about 4 M pixels per band (12 MB uint8) whatever the slide width
     rows = [_block_mean(pixels.read(level.index, (y, min(y + band, h)), (0, w)), f) for y in range(0, h, band)]
     return tissue_mask_rgb(np.concatenate(rows, axis=0), level.mpp * f), level.mpp * f
 
