@@ -63,10 +63,12 @@ class ModelSection:
     latent_channels: int = 16
     norm_num_groups: int = 32
     mid_block_add_attention: bool = False
+    init_logvar: float = -6.0  # initial posterior log-variance (encoder conv_out bias of the logvar half)
 
     def __post_init__(self) -> None:
         if len(self.block_out_channels) != 4:
-            raise ValueError(f"model.block_out_channels needs 4 entries (spatial factor 8), got {self.block_out_channels}")
+            raise ValueError(f"model.block_out_channels needs 4 entries (spatial factor 8), "
+                             f"got {self.block_out_channels}")
         bad = [c for c in self.block_out_channels if c < 1 or c % self.norm_num_groups]
         if bad:
             raise ValueError(f"model.block_out_channels {bad} must be positive multiples of norm_num_groups="
@@ -152,6 +154,10 @@ class CheckpointSection:
     every: int = 50
     keep: int = 2
 
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.keep < 1:
+            raise ValueError(f"checkpoint.every and checkpoint.keep must be >= 1, got {self.every}, {self.keep}")
+
 
 @dataclass(frozen=True)
 class ValidationSection:
@@ -205,7 +211,8 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if f.name not in data:
             continue
         value = data[f.name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        has_factory = f.default_factory is not dataclasses.MISSING
+        default = f.default_factory() if has_factory else f.default  # type: ignore[misc]
         path = f"{where}.{f.name}" if where else f.name
         if dataclasses.is_dataclass(default):
             value = _build(type(default), value, path)
@@ -541,6 +548,11 @@ class VAETrainer:
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.model = build_autoencoder(cfg.model).train()
+        with torch.no_grad():
+            # Start with a small posterior noise (std exp(init_logvar / 2)) instead of diffusers' std ~1: with a tiny
+            # KL weight the encoder would otherwise spend thousands of Adam steps (~lr per step on this bias) only
+            # shrinking the noise the decoder sees.
+            self.model.encoder.conv_out.bias[cfg.model.latent_channels :].fill_(cfg.model.init_logvar)
         self.ema = build_autoencoder(cfg.model).eval().requires_grad_(False) if cfg.ema.enabled else None
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
@@ -596,7 +608,8 @@ class VAETrainer:
         (tmp / "state.json").write_text(json.dumps(state))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in sorted(p for p in root.glob("step_*") if p != final)[: -max(0, self.cfg.checkpoint.keep - 1) or None]:
+        older = sorted(p for p in root.glob("step_*") if p != final)
+        for old in older[: max(0, len(older) - (self.cfg.checkpoint.keep - 1))]:  # keep the newest `keep`
             shutil.rmtree(old, ignore_errors=True)
         return final
 
@@ -621,7 +634,7 @@ class VAETrainer:
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-        value = float(terms["loss"])
+        value = float(terms["loss"].detach())
         if not (math.isfinite(value) and math.isfinite(float(gnorm))):
             self.opt.zero_grad(set_to_none=True)
             return float("nan")
@@ -631,7 +644,8 @@ class VAETrainer:
             with torch.no_grad():
                 for e, p in zip(self.ema.parameters(), self.model.parameters()):
                     e.lerp_(p, 1 - decay)
-        self._last = {k: float(v) for k, v in terms.items()} | {"lr": lr, "mpp": mpp, "grad_norm": float(gnorm)}
+        self._last = {k: float(v.detach()) for k, v in terms.items()}
+        self._last |= {"lr": lr, "mpp": mpp, "grad_norm": float(gnorm)}
         return value
 
     def fit(self, stop_at: int | None = None) -> VAETrainResult | None:
@@ -731,7 +745,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+        return np.array(img.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
 
 
 def reconstruction_metrics(vae: Any, rgb: np.ndarray, *, downsample: int = 1) -> tuple[float, float]:
