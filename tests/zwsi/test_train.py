@@ -284,3 +284,10 @@ def test_a_token_budget_stops_the_run_once_spent(dataset: Path, tmp_path: Path) 
     result = train(dataset, tmp_path / "tok", budget={"max_steps": None, "max_tokens": 1000})
     rows = [r for r in metrics(tmp_path / "tok") if "loss" in r]
     assert result.tokens >= 1000 and rows[-2]["tokens"] < 1000 and result.steps == len(rows)
+
+
+def test_gradient_accumulation_equals_the_same_global_batch_in_one_micro_step(dataset: Path, tmp_path: Path) -> None:
+    one = train(dataset, tmp_path / "b4", budget={"max_steps": 3}, data={"batch_size": 4})
+    acc = train(dataset, tmp_path / "b2x2", budget={"max_steps": 3}, data={"batch_size": 2, "grad_accum": 2})
+    np.testing.assert_allclose(acc.losses, one.losses, rtol=1e-5)
+    assert acc.tokens == one.tokens

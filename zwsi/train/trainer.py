@@ -21,6 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,7 +252,7 @@ class Trainer:
             examples = self._examples(micro)
             tokens += sum(e.tokens for e in examples)
             sync = micro == accum - 1
-            ctx = acc.no_sync(self.model) if not sync and acc.num_processes > 1 else _nullcontext()
+            ctx = acc.no_sync(self.model) if not sync and acc.num_processes > 1 else nullcontext()
             with ctx:
                 loss = self._loss(self.model, examples)
                 acc.backward(loss / accum)
@@ -335,7 +336,7 @@ class Trainer:
         examples = [self.val_sampler.build(self.val_sampler.draw(10_000 + i, sigma=1.0, drops=False), acc.device)
                     for i in range(v.sample_windows)]
         self.model.eval()
-        ema_ctx = self.ema.applied(trainable_named(self.unwrapped)) if self.ema is not None else _nullcontext()
+        ema_ctx = self.ema.applied(trainable_named(self.unwrapped)) if self.ema is not None else nullcontext()
         with ema_ctx, acc.autocast():
             latents = sample(sequence_denoiser(self.model, [e.sample for e in examples]), [e.eps for e in examples],
                              num_steps=v.sample_steps, shift=v.sample_shift)
@@ -457,7 +458,7 @@ class Trainer:
 
         model = self.unwrapped
         final = self.out / "final"
-        variants = [("", _nullcontext())]
+        variants = [("", nullcontext())]
         if self.ema is not None:
             variants.append(("ema-", self.ema.applied(trainable_named(model))))
         for prefix, ctx in variants:
@@ -505,10 +506,3 @@ class Trainer:
             self._tb.close()
             self._tb = None
 
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
