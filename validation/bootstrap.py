@@ -103,3 +103,23 @@ def bootstrap_interval(
     if method == "basic":
         low, high = 2.0 * value - high, 2.0 * value - low
     return Interval(value, float(low), float(high), confidence, n_resamples, method)
+
+
+def permutation_pvalue(statistic: Callable[[Any, Any], float], x: Any, y: Any, *, n_permutations: int = 200,
+                       seed: int = 0) -> float:
+    """One-sided permutation p-value that `statistic(x, y)` is as large as it is by chance: the rows of x and y
+    are pooled and randomly relabelled (a two-sample permutation test, as for MMD in Gretton et al. 2012).
+
+    Returns:
+        (1 + #{permuted ≥ observed}) / (1 + n_permutations).
+    """
+    xa, ya = np.asarray(x), np.asarray(y)
+    pooled = np.concatenate([xa, ya])
+    rng = np.random.default_rng(seed)
+    with single_threaded():
+        observed = statistic(xa, ya)
+        count = 0
+        for _ in range(n_permutations):
+            perm = rng.permutation(len(pooled))
+            count += statistic(pooled[perm[:len(xa)]], pooled[perm[len(xa):]]) >= observed
+    return (1 + count) / (1 + n_permutations)

@@ -42,12 +42,9 @@ def img_tag(image: NDArray[np.uint8] | Image.Image, alt: str, max_side: int | No
 
 
 def figure_uri(fig: Any) -> str:
-    """A matplotlib figure as a PNG data URI (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
+    """A matplotlib figure as a PNG data URI (figures are built with `matplotlib.figure.Figure`, no pyplot state)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -82,8 +79,8 @@ def _metric_table(level: dict[str, Any]) -> str:
     for name, label in (("frechet_distance", "Fréchet distance (features)"), ("mmd", "MMD² linear (features)")):
         m = level["features"][name]
         cls = " class='flag'" if m["beyond_reference"] else ""
-        rows.append(f"<tr{cls}><td>{label}</td><td>{_iv(m)}</td><td>{_iv(m['real_vs_real'])}</td>"
-                    f"<td>{_fmt(m['matched'])}</td></tr>")
+        rows.append(f"<tr{cls}><td>{label}</td><td>{_iv(m)} <span class='muted'>p = {m['p_value']:.3g}</span></td>"
+                    f"<td>{_iv(m['real_vs_real'])}</td><td>{_fmt(m['matched'])}</td></tr>")
     d = level["diversity"]
     cls = " class='flag'" if d["less_diverse_than_real"] else ""
     rows.append(f"<tr{cls}><td>MS-SSIM among tile pairs (synthetic | real)</td><td>{_iv(d['synthetic'])}</td>"
@@ -100,7 +97,7 @@ def _metric_table(level: dict[str, Any]) -> str:
         rows.append(f"<tr><td>SSIM, paired tiles</td><td>{_iv(p['ssim'])}</td><td>1 (identical)</td><td>–</td></tr>")
         rows.append(f"<tr><td>PSNR dB, paired tiles (cap {p['psnr_cap_db']:.0f})</td><td>{_iv(p['psnr_db'])}</td>"
                     f"<td>∞ (identical)</td><td>–</td></tr>")
-    head = ("<tr><th>metric</th><th>real vs synthetic [95% CI]</th><th>real vs real (disjoint halves)</th>"
+    head = ("<tr><th>metric</th><th>real vs synthetic [95% CI], permutation p</th><th>real vs real (disjoint halves)</th>"
             "<th>size-matched</th></tr>")
     stats = ["<tr><th>statistic</th><th>real median</th><th>synthetic median</th><th>synthetic / real [95% CI]</th>"
              "<th>real half / real half</th></tr>"]
@@ -114,14 +111,12 @@ def _metric_table(level: dict[str, Any]) -> str:
 
 
 def _plots(result: Any, key: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     px = result.hed_pixels[key]
     stats = result.statistics[key]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+    fig = Figure(figsize=(16, 3.2))
+    axes = fig.subplots(1, 4)
     for ax, ch, label in ((axes[0], 0, "hematoxylin"), (axes[1], 1, "eosin")):
         for role, color in (("real", "tab:blue"), ("synthetic", "tab:orange")):
             if len(px[role]):
@@ -135,7 +130,8 @@ def _plots(result: Any, key: str) -> str:
     parts = [f'<img src="{figure_uri(fig)}" alt="distributions {html.escape(key)}" width="1100">']
     mem = result.memorisation.get(key)
     if mem is not None:
-        fig, ax = plt.subplots(figsize=(6, 3))
+        fig = Figure(figsize=(6, 3))
+        ax = fig.subplots()
         bins = np.linspace(0, max(mem.heldout_distance.max(), mem.generated_distance.max()) * 1.05 + 1e-6, 30)
         ax.hist(mem.heldout_distance, bins=bins, alpha=0.6, label="held-out real → training")
         ax.hist(mem.generated_distance, bins=bins, alpha=0.6, label="synthetic → training")

@@ -184,10 +184,31 @@ def tissue_locations(slide: object, mpp: float, tile_size: int, *, min_tissue: f
     return [candidates[i] for i in _sample(len(candidates), max_tiles, seed)]
 
 
+def read_tile(slide: object, location: tuple[int, int], mpp: float, tile_size: int) -> NDArray[np.uint8]:
+    """One `tile_size` tile at `mpp` whose top-left is the level-0 `location`.
+
+    When `mpp` is an integer multiple of a level's µm/px, the tile is that level's region averaged over
+    factor×factor blocks — the way pyramids are built (PIL's box reduce) — so a slide's own pyramid level and a
+    resample of its level 0 give the same pixels; otherwise `Slide.read_region_mpp` resamples (Lanczos).
+    Without this, a JPEG copy's box-filtered level 1 read 26% less sharp than the Lanczos-resampled original.
+    """
+    from validation.magnification import downsample_area
+
+    base = slide.mpp.x  # type: ignore[attr-defined]
+    level = slide.get_best_level_for_downsample(mpp / base)  # type: ignore[attr-defined]
+    factor = mpp / (base * slide.level_downsamples[level])  # type: ignore[attr-defined]
+    whole = round(factor)
+    if whole >= 1 and abs(factor - whole) < 0.01:
+        side = tile_size * whole
+        region = slide.read_region(location, level, (side, side), as_array=True)  # type: ignore[attr-defined]
+        return region if whole == 1 else downsample_area(region, whole)
+    return slide.read_region_mpp(location, mpp, (tile_size, tile_size))  # type: ignore[attr-defined]
+
+
 def read_slide_tiles(slide: object, locations: Sequence[tuple[int, int]], mpp: float, tile_size: int
                      ) -> NDArray[np.uint8]:
     """Tiles of `tile_size` px at `mpp` whose top-left corners are the level-0 `locations`, (N, S, S, 3)."""
-    tiles = [slide.read_region_mpp(loc, mpp, (tile_size, tile_size)) for loc in locations]  # type: ignore[attr-defined]
+    tiles = [read_tile(slide, loc, mpp, tile_size) for loc in locations]
     return np.stack(tiles) if tiles else np.zeros((0, tile_size, tile_size, 3), np.uint8)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from validation.bootstrap import Interval, bootstrap_interval
+from validation.bootstrap import Interval, bootstrap_interval, permutation_pvalue
 from validation.fid import frechet_distance
 from validation.image_metrics import mmd, ms_ssim_pairs, paired_ssim_psnr
 from validation.inputs import TileSet, load_tileset
@@ -103,9 +103,12 @@ def span_coordinates(x: NDArray[np.float64], y: NDArray[np.float64]
 
 def compare_features(real: NDArray[np.float64], synth: NDArray[np.float64], config: ValidationConfig
                      ) -> dict[str, dict[str, Any]]:
-    """Fréchet distance and MMD² real vs synthetic, the real-vs-real reference (disjoint halves) and a
-    size-matched real-half vs synthetic value; `beyond_reference` when the matched value exceeds the reference's
-    upper bound."""
+    """Fréchet distance and MMD² real vs synthetic with a bootstrap interval and a permutation p-value, beside the
+    real-vs-real reference (two disjoint halves of the real tiles) and a size-matched real-half vs synthetic value.
+
+    `beyond_reference` is the permutation test at 5%: relabelling real and synthetic tiles at random gives a
+    distance as large as the observed one in fewer than 5% of permutations.
+    """
     real, synth = span_coordinates(real, synth)
     h1, h2 = _split(len(real), config.seed)
     rng = np.random.default_rng(config.seed + 1)
@@ -114,9 +117,9 @@ def compare_features(real: NDArray[np.float64], synth: NDArray[np.float64], conf
     for name, fn in (("frechet_distance", frechet_distance), ("mmd", mmd)):
         full = _interval(fn, (real, synth), config, method="basic")
         reference = _interval(fn, (real[h1], real[h2]), config, 1, method="basic")
-        matched = float(fn(real[h1], sub))
-        out[name] = {**full.to_dict(), "real_vs_real": reference.to_dict(), "matched": matched,
-                     "beyond_reference": bool(matched > reference.high)}
+        p_value = permutation_pvalue(fn, real, synth, n_permutations=config.n_resamples, seed=config.seed + 2)
+        out[name] = {**full.to_dict(), "p_value": p_value, "real_vs_real": reference.to_dict(),
+                     "matched": float(fn(real[h1], sub)), "beyond_reference": bool(p_value < 0.05)}
     return out
 
 
@@ -129,7 +132,7 @@ def compare_statistics(real: dict[str, NDArray[np.float64]], synth: dict[str, ND
     tissue types: on the shared real tiles sharpness spans 190-4500, and two halves of them differ 3.6-fold in
     median sharpness, so an absolute difference would hide a blur that divides sharpness by 25.
     A statistic is `beyond_reference` when the ratio's interval excludes 1 and it departs from 1 by more than the
-    real-vs-real ratio and by more than 5%.
+    real-vs-real ratio and by more than 10% (a JPEG q90 re-encode moved medians by up to 9% on 8 tiles).
     """
     out = {}
     for i, name in enumerate(STATISTICS):
@@ -138,7 +141,7 @@ def compare_statistics(real: dict[str, NDArray[np.float64]], synth: dict[str, ND
         log_ratio = _interval(_log_median_ratio, (r, s), config, 10 + i)
         reference = _interval(_log_median_ratio, (r[h1], r[h2]), config, 30 + i)
         excludes_one = log_ratio.low > 0 or log_ratio.high < 0
-        differs = excludes_one and abs(log_ratio.value) > max(abs(reference.value), np.log(1.05))
+        differs = excludes_one and abs(log_ratio.value) > max(abs(reference.value), np.log(1.10))
         out[name] = {"unit": UNITS[name], "real_median": float(np.nanmedian(r)),
                      "synthetic_median": float(np.nanmedian(s)),
                      "ratio": {"value": float(np.exp(log_ratio.value)), "low": float(np.exp(log_ratio.low)),
@@ -200,8 +203,8 @@ def findings(metrics: dict[str, Any]) -> list[str]:
         for name, label in (("frechet_distance", "Fréchet distance"), ("mmd", "MMD²")):
             m = feats[name]
             if m["beyond_reference"]:
-                out.append(f"{where} feature distribution differs: {label} {m['matched']:.4g} (size-matched) above "
-                           f"the real-vs-real range (≤ {m['real_vs_real']['high']:.4g})")
+                out.append(f"{where} feature distribution differs: {label} {m['value']:.4g} (real vs real halves "
+                           f"{m['real_vs_real']['value']:.4g}), permutation p = {m['p_value']:.3g}")
         stats = level["statistics"]
         stain = [n for n in ("hematoxylin", "eosin") if stats[n]["beyond_reference"]]
         mac = level["stain_vectors"]

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -149,3 +150,42 @@ def score_ratings(ratings: Mapping[str, str], key: Mapping[str, str] | Sequence[
     test = binomtest(correct, n, 0.5, alternative="greater")
     ci = binomtest(correct, n, 0.5).proportion_ci(confidence_level=0.95, method="exact")
     return ReaderResult(n, correct, correct / n, float(test.pvalue), float(ci.low), float(ci.high))
+
+
+def blinded_grid_figure(study: ReaderStudy, columns: int = 6) -> Any:
+    """The tiles as a reader sees them: ids only, no hint of the truth."""
+    from matplotlib.figure import Figure
+
+    rows = -(-len(study.ids) // columns)
+    fig = Figure(figsize=(2.2 * columns, 2.4 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, tid, tile in zip(axes.ravel(), study.ids, study.tiles):
+        ax.imshow(tile)
+        ax.set_title(tid, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def stand_in_ratings(study: ReaderStudy) -> dict[str, str]:
+    """A rule-based stand-in for a human reader, for demonstrations and CI only: it calls the less sharp half of the
+    tiles 'synthetic' (variance of the Laplacian). Replace its output with a clinician's ratings."""
+    from validation.morphology import sharpness
+
+    values = np.array([sharpness(t) for t in study.tiles])
+    cut = np.median(values)
+    return {tid: ("synthetic" if v < cut else "real") for tid, v in zip(study.ids, values)}
+
+
+def unblinded_table(ratings: Mapping[str, str], key: Mapping[str, str]) -> str:
+    """A Markdown table of every rated tile with its rating and the truth, then the 2×2 counts."""
+    lines = ["| tile | rating | truth | correct |", "|---|---|---|---|"]
+    counts = {(t, r): 0 for t in LABELS for r in LABELS}
+    for tid in sorted(ratings):
+        ok = ratings[tid] == key[tid]
+        counts[(key[tid], ratings[tid])] += 1
+        lines.append(f"| {tid} | {ratings[tid]} | {key[tid]} | {'✓' if ok else '✗'} |")
+    lines += ["", "| truth \\ rating | real | synthetic |", "|---|---|---|"]
+    lines += [f"| {t} | {counts[(t, 'real')]} | {counts[(t, 'synthetic')]} |" for t in LABELS]
+    return "\n".join(lines)

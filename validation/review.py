@@ -63,10 +63,8 @@ def side_by_side_figure(real: str | Path, synthetic: str | Path, mpps: Sequence[
         centre: level-0 point to zoom on (default: the real slide's tissue centre).
         size: crop side in px.
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import slide_io
 
     with slide_io.open_slide(real) as slide:
@@ -77,7 +75,8 @@ def side_by_side_figure(real: str | Path, synthetic: str | Path, mpps: Sequence[
     mpps = list(mpps) if mpps else [base, 2 * base, 4 * base]
     centre = centre or tissue_centre(real)
     rows = [matched_crops(real, centre, mpps, size), matched_crops(synthetic, centre, mpps, size)]
-    fig, axes = plt.subplots(2, 1 + len(mpps), figsize=(4 * (1 + len(mpps)), 8))
+    fig = Figure(figsize=(4 * (1 + len(mpps)), 8))
+    axes = fig.subplots(2, 1 + len(mpps))
     for r, (label, thumb, crops) in enumerate(zip(("real", "synthetic"), thumbs, rows)):
         axes[r, 0].imshow(thumb)
         axes[r, 0].set_title(f"{label}: {Path(real if r == 0 else synthetic).name}")
@@ -88,3 +87,35 @@ def side_by_side_figure(real: str | Path, synthetic: str | Path, mpps: Sequence[
             ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def summary_markdown(summaries: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of `slide_summary` results, one column per slide."""
+    keys = ["file", "vendor", "dimensions", "levels", "mpp", "synthetic", "provenance"]
+    lines = ["| | " + " | ".join(str(s["file"]) for s in summaries) + " |", "|---" * (len(summaries) + 1) + "|"]
+    for k in keys[1:]:
+        lines.append(f"| {k} | " + " | ".join(str(s.get(k, "")).replace("|", "/") for s in summaries) + " |")
+    return "\n".join(lines)
+
+
+def metrics_markdown(metrics: dict[str, Any]) -> str:
+    """Key numbers of a validation run (`run_validation(...).metrics`) as Markdown: findings, then per level the
+    feature distances, stain angles and statistic ratios with their real-vs-real references."""
+    lines = [f"**Feature extractor:** {metrics['feature_extractor']}", "", "**Findings:**"]
+    lines += [f"- {f}" for f in metrics["findings"]] or ["- none beyond the real-vs-real reference"]
+    for key, level in metrics["levels"].items():
+        lines += ["", f"**{key}** ({level['n_real']} real, {level['n_synthetic']} synthetic tiles)", "",
+                  "| measure | real vs synthetic | real vs real |", "|---|---|---|"]
+        for name in ("frechet_distance", "mmd"):
+            m = level["features"][name]
+            lines.append(f"| {name} | {m['value']:.4g} [{m['low']:.4g}, {m['high']:.4g}] | "
+                         f"{m['real_vs_real']['value']:.4g} |")
+        mac = level["stain_vectors"]
+        if mac.get("available"):
+            for stain in ("hematoxylin", "eosin"):
+                m = mac[f"{stain}_angle_deg"]
+                lines.append(f"| Macenko {stain} angle (°) | {m['value']:.2f} | {m['real_vs_real']['value']:.2f} |")
+        for name, s in level["statistics"].items():
+            lines.append(f"| {name} ratio synthetic/real | {s['ratio']['value']:.3f} | "
+                         f"{s['real_vs_real_ratio']['value']:.3f} |")
+    return "\n".join(lines)
