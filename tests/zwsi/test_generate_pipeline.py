@@ -252,8 +252,10 @@ def test_same_slide_for_any_batch_size_process_count_and_after_a_kill(tiny: Slid
     assert written[-1].level == 0 and not out.exists()
     finished = counter.forwards // STEPS
     assert 0 < finished < total
-    counter.forwards = 0
-    resumed = killed.generate(REPORT, seed=3, steps=STEPS, out=out, progress=False, **SMALL)
+    # resumed with batch size 4: the batch size is not part of the job, the slide is the same
+    again = with_config(tiny, batch_size=4, **settings)
+    again.transformer = counter = Counting(tiny.transformer)
+    resumed = again.generate(REPORT, seed=3, steps=STEPS, out=out, progress=False, **SMALL)
     assert counter.forwards == (total - finished) * STEPS
     assert resumed.resumed_windows[0] > 0
     assert all(np.array_equal(read_level(out, k), reference[k]) for k in range(3))

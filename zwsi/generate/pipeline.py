@@ -60,6 +60,8 @@ DEFAULT_SHIFT = 3.0
 BACKGROUND_RGB = (255, 255, 255)
 """The blank slide background windows without tissue are filled with (white glass, as training prepares it)."""
 TIFF_SUFFIXES = (".tif", ".tiff")
+OUTPUT_NEUTRAL = ("batch_size", "device")
+"""Settings that do not change the slide (left out of the config hash, so a run may resume with other values)."""
 TINY_TEXT_DIM = 384  # all-MiniLM-L6-v2's hidden size: the tiny transformer's cap_feat_dim
 
 # A tiny FLUX-shaped AutoencoderKL (16 latent channels, factor 8) for the random `tiny` pipeline.
@@ -109,7 +111,8 @@ class SlideGenerator:
         text_encoder: a `zwsi.text.encoders.TextEncoder` whose feature width is the transformer's cap_feat_dim.
         config: generation settings.
         shift: the schedule shift (``scheduler_config.json``'s, Turbo 3.0).
-        model_sha256: identity of the weights, recorded in the provenance.
+        model_sha256: identity of the weights, recorded in the provenance (default: the SHA-256 of the weights in
+            memory, which reads them all; `from_pretrained` passes the folder's `folder_sha256` instead).
         name: a short model name for logs and provenance.
     """
 
@@ -370,7 +373,8 @@ class SlideGenerator:
         plan = self.plan(width_um, height_um, mpp, seed)
         request = {"width_um": float(width_um), "height_um": float(height_um), "mpp": float(mpp), "steps": steps,
                    "guidance": guidance, "shift": self.shift}
-        config_sha = hashlib.sha256(json.dumps({"config": cfg.to_dict(), "request": request},
+        settings = {k: v for k, v in cfg.to_dict().items() if k not in OUTPUT_NEUTRAL}
+        config_sha = hashlib.sha256(json.dumps({"config": settings, "request": request},
                                                sort_keys=True).encode()).hexdigest()
         job = {"report_sha256": sha256_text(cond.text), "seed": int(seed), "model_sha256": self.model_sha256,
                "config_sha256": config_sha}
@@ -397,7 +401,7 @@ class SlideGenerator:
                                  "phi_policy": cfg.phi_policy},
                 "model": self.name, "request": request,
                 "ladder_mpp": [lv.mpp for lv in plan.levels],
-                "generate_config": cfg.to_dict(),
+                "generate_config": settings,
             },
         )
         if group.is_main:
@@ -657,7 +661,8 @@ def _open_work(
             store.create_level(lv.index, lv.latent_shape, mpp=lv.mpp * plan.config.vae_factor, grid=(n, n),
                                attrs={"pixel_mpp": lv.mpp})
         tmp.rename(lat_path)  # the store appears whole, so a store without levels never exists
-        WindowStore.create(pix_path, "pixel", attrs={"job": job})
+    if group.is_main and not (pix_path / "zarr.json").is_file():
+        WindowStore.create(pix_path, "pixel", attrs={"job": job}, overwrite=True)
     group.barrier()
     latents = WindowStore.open(lat_path)
     theirs = latents.attrs.get("job")
@@ -665,8 +670,6 @@ def _open_work(
         diff = sorted(k for k in job if (theirs or {}).get(k) != job[k])
         raise ValueError(f"work folder {work} belongs to another job (differs in {diff}); remove it or choose "
                          f"another output name")
-    if not (pix_path / "zarr.json").is_file():
-        raise ValueError(f"work folder {work} has latents but no pixel store; remove it and run again")
     return latents, WindowStore.open(pix_path), str(latents.attrs["created"])
 
 
