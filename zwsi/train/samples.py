@@ -12,6 +12,7 @@ makes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
 from collections import Counter
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from zwsi.flow import sample_sigmas
-from zwsi.model.sequence import SequenceSample
+from zwsi.model.sequence import ImageSegment, SequenceSample
 from zwsi.planner import build_sample, context_specs, phase_of
 from zwsi.train.config import DataConfig, ObjectiveConfig
 from zwsi.train.dataset import PreparedDataset, SlideEntry
@@ -69,6 +70,14 @@ class Example:
     sample: SequenceSample
     tokens: int
     target_tokens: int
+
+    def to(self, device: torch.device | str) -> Example:
+        """The same example with every tensor on `device`."""
+        s = self.sample
+        target = ImageSegment(s.target.latents.to(device), s.target.positions.to(device))
+        contexts = [ImageSegment(c.latents.to(device), c.positions.to(device)) for c in s.contexts]
+        sample = dataclasses.replace(s, target=target, report=s.report.to(device), contexts=contexts)
+        return dataclasses.replace(self, x0=self.x0.to(device), eps=self.eps.to(device), sample=sample)
 
 
 class WindowSampler:

@@ -214,6 +214,9 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self._close_logs()
+            if hasattr(self, "_pool"):
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                del self._pool
         self.save_checkpoint()
         self._export_final()
         result.steps, result.skipped, result.tokens = self.step, self.skipped, self.tokens
@@ -225,11 +228,28 @@ class Trainer:
             b.max_tokens is not None and self.tokens >= b.max_tokens
         )
 
-    def _examples(self, micro: int) -> list[Example]:
+    def _build_cpu(self, step: int, micro: int) -> list[Example]:
         d, acc = self.config.data, self.accelerator
-        idx = local_indices(self.step, micro, batch_size=d.batch_size, grad_accum=d.grad_accum,
+        idx = local_indices(step, micro, batch_size=d.batch_size, grad_accum=d.grad_accum,
                             rank=acc.process_index, world_size=acc.num_processes)
-        return [self.sampler.build(self.sampler.draw(i), acc.device) for i in idx]
+        return [self.sampler.build(self.sampler.draw(i)) for i in idx]
+
+    def _examples(self, micro: int) -> list[Example]:
+        """This process's micro-batch of the current step; the next one is built on a worker thread meanwhile.
+
+        Examples are pure functions of (seed, index), so prefetching changes nothing but the waiting.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not hasattr(self, "_pool"):
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zwsi-data")
+            self._pending: dict[tuple[int, int], Any] = {}
+        key = (self.step, micro)
+        future = self._pending.pop(key, None)
+        examples = future.result() if future is not None else self._build_cpu(*key)
+        nxt = (self.step, micro + 1) if micro + 1 < self.config.data.grad_accum else (self.step + 1, 0)
+        self._pending = {nxt: self._pool.submit(self._build_cpu, *nxt)}
+        return [e.to(self.accelerator.device) for e in examples]
 
     def _loss(self, model: Any, examples: list[Example]) -> torch.Tensor:
         from zwsi.flow import flow_loss
