@@ -5,6 +5,7 @@
     zwsi generate --text "Invasive ductal carcinoma, grade 2." --out s.tiff --width-um 400 --height-um 300 \\
         --mpp 2 --seed 1 --model tiny --random-init                      # random weights: tests, benchmarks
     accelerate launch --config_file configs/accelerate/ddp-multi-gpu.yaml -m zwsi generate ...   # several GPUs
+    torchrun --nproc_per_node 2 -m zwsi generate ... --device cpu      # several CPU processes (gloo)
     zwsi generate-cohort --reports reports.csv --where stated_grade=3 --per-report 2 --out cohort/ \\
         --width-um 2000 --height-um 1500 --mpp 0.5 --seed 0 --model /models/Z-Image-Turbo
 
@@ -112,7 +113,8 @@ def run_generate(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, PhiFoundError, SlideError) as exc:
         return _fail("generate", exc)
     if int(os.environ.get("RANK", "0")) == 0:
-        levels = ", ".join(f"{lv.mpp:g} µm/px: {result.model_windows.get(lv.index, 0)} generated + "
+        here = " here" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        levels = ", ".join(f"{lv.mpp:g} µm/px: {result.model_windows.get(lv.index, 0)} generated{here} + "
                            f"{result.background_windows.get(lv.index, 0)} background"
                            for lv in reversed(result.plan.levels))
         print(f"zwsi generate: wrote {result.path} ({result.plan.levels[0].slide_pixels[1]} x "

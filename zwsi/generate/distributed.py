@@ -1,8 +1,9 @@
 """Several processes on one slide: who am I, wait for the others, and take turns writing the shared store.
 
 ``accelerate launch --config_file configs/accelerate/ddp-multi-gpu.yaml -m zwsi generate ...`` starts one process
-per GPU with ``RANK``/``WORLD_SIZE`` in the environment; `process_group()` joins them through accelerate's
-``PartialState`` (NCCL on GPUs, gloo on CPUs). Each phase's windows are split with ``planner.phase_batches(rank,
+per GPU with ``RANK``/``WORLD_SIZE`` in the environment (on CPU-only machines: ``torchrun --nproc_per_node N -m
+zwsi generate ... --device cpu``, as accelerate's CPU launcher needs mpirun); `process_group()` joins them through
+accelerate's ``PartialState`` (NCCL on GPUs, gloo on CPUs). Each phase's windows are split with ``planner.phase_batches(rank,
 world)``, every process writes its windows into the same store on a shared file system, and a barrier closes each
 phase. zarr shards are rewritten whole, so two processes writing windows of one shard at the same time would lose
 one of them: writes take an exclusive `fcntl.flock` on a lock file beside the store (`StoreLock`), reads need none
