@@ -1,19 +1,18 @@
 """Benchmark: slide generation throughput (windows/s, s per megapixel of tissue) and peak RSS vs slide size.
 
 Part 1, throughput: generate one slide and compare the pipeline's wall time with a named baseline measured in the
-same run: **model only** = the transformer alone on the same number of window forwards (phase-D window samples,
-all contexts, the same batch size), i.e. what the slide would cost with zero pipeline overhead (no planner, store,
-VAE decode, tissue detection or TIFF). Ratio = pipeline / model only. The baseline cycles one window of each
-phase (A: overview only ... D: eight neighbour strips + overview) through the batch.
+same run: **model only** = the transformer alone on the same number of window forwards (the same batch size; one
+window of each phase A..D, i.e. overview only up to eight neighbour strips + overview, cycled through the batch),
+i.e. what the slide would cost with zero pipeline overhead (no planner, store, VAE decode, tissue detection or
+TIFF). Ratio = pipeline / model only.
 
 Part 2, memory: each size runs in its own subprocess, which reports its peak RSS (ru_maxrss) and its RSS after
 loading the pipeline (the baseline: what generation adds on top of the loaded model). Every size uses the same
 window geometry, so the table shows how peak memory grows with the slide.
 
-    .venv/bin/python benchmarks/generate.py                                  # CPU, tiny random pipeline
-    .venv/bin/python benchmarks/generate.py --rss-sizes 2048x2048 8192x8192 100000x2048
+    .venv/bin/python benchmarks/generate.py --threads 1 --window-tokens 16 --context-tokens 2     # CPU, tiny
     .venv/bin/python benchmarks/generate.py --device cuda --model /models/Z-Image-Turbo \\
-        --config configs/generate/z-image-turbo.yaml --size-um 4096x4096 --rss-sizes   # H100, 1024² windows, 8 steps
+        --config configs/generate/z-image-turbo.yaml --size 8192x8192 --rss-sizes --mask-sizes  # H100: 1024² windows
 
 Sizes are WIDTHxHEIGHT in pixels of level 0 (at --mpp). Outputs go to a temporary folder and are deleted.
 """
@@ -68,7 +67,8 @@ def model_only_seconds(gen: Any, forwards: int, repeats: int = 3) -> float:
     import torch
 
     cfg = gen.config
-    plan = gen.plan(4 * cfg.window_tokens * 16 * 1.0, 4 * cfg.window_tokens * 16 * 1.0, 1.0, seed=0)
+    side_um = 4 * cfg.window_tokens * gen.plan_config.token_px * 1.0  # 4 x 4 windows at 1 µm/px, a level above
+    plan = gen.plan(side_um, side_um, 1.0, seed=0)
     level = plan.level(0)
     canvas = {lv.index: np.zeros((plan.config.latent_channels, *lv.latent_shape), np.float32) for lv in plan.levels}
     features = gen._encode(gen.conditioning(REPORT).text)
