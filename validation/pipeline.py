@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,8 @@ def compare_features(real: NDArray[np.float64], synth: NDArray[np.float64], conf
     for name, fn in (("frechet_distance", frechet_distance), ("mmd", mmd)):
         full = _interval(fn, (real, synth), config, method="basic")
         reference = _interval(fn, (real[h1], real[h2]), config, 1, method="basic")
+        if name == "frechet_distance":  # a distance: the basic interval's lower end can fall below 0
+            full, reference = (replace(iv, low=max(iv.low, 0.0)) for iv in (full, reference))
         p_value = permutation_pvalue(fn, real, synth, n_permutations=config.n_resamples, seed=config.seed + 2)
         out[name] = {**full.to_dict(), "p_value": p_value, "real_vs_real": reference.to_dict(),
                      "matched": float(fn(real[h1], sub)), "beyond_reference": bool(p_value < 0.05)}

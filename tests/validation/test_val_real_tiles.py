@@ -59,7 +59,7 @@ def _write(folder: Path, tiles: np.ndarray) -> Path:
 def test_findings_name_the_planted_damage(tmp_path, crops, name):
     a, b = crops
     synthetic = b if name == "none" else PERTURBATIONS[name](b)
-    config = ValidationConfig(n_resamples=100, ms_ssim_pairs=8, max_tiles=32)
+    config = ValidationConfig(n_resamples=50, ms_ssim_pairs=6, max_tiles=32)
     result = run_validation([_write(tmp_path / "real", a)], [_write(tmp_path / "synthetic", synthetic)],
                             tmp_path / "out", config=config, progress=False, write_html=False)
     text = " | ".join(result.metrics["findings"])
