@@ -127,13 +127,16 @@ def mask_child(args: argparse.Namespace) -> None:
 
     from slide_io import tissue_mask_rgb
     from zwsi.generate.config import GenerateConfig
+    from zwsi.generate.pipeline import tissue_mask_factor
 
-    mpp = GenerateConfig().tissue_mpp
-    w, h = (round(v * args.mpp / mpp) for v in args.size)
+    level1_mpp = args.mpp * GenerateConfig().factor  # level 0's tissue windows come from level 1's mask
+    level1 = tuple(round(v * args.mpp / level1_mpp) for v in reversed(args.size))
+    f = tissue_mask_factor(level1_mpp, level1, GenerateConfig().tissue_mpp)
+    h, w = (-(-v // f) for v in level1)
     rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     loaded = rss_mb()
     t0 = time.perf_counter()
-    tissue_mask_rgb(rgb, mpp)
+    tissue_mask_rgb(rgb, level1_mpp * f)
     print(json.dumps({"loaded_mb": loaded, "peak_mb": peak_rss_mb(), "seconds": time.perf_counter() - t0,
                       "file_mb": 0.0, "windows": 0, "background": 0, "mask": f"{w}x{h}"}))
 
@@ -173,7 +176,7 @@ def memory(args: argparse.Namespace) -> None:
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
         if "mask" in r:
-            size = f"{size}: tissue mask only ({r['mask']} at 16 µm/px)"
+            size = f"{size}: tissue mask only ({r['mask']} px)"
         print(f"| {size} | {r['seconds']:.0f} | {r['windows']} | {r['background']} | {r['file_mb']:.1f} | "
               f"{r['loaded_mb']:.0f} | {r['peak_mb']:.0f} | {r['peak_mb'] / r['loaded_mb']:.2f} |", flush=True)
 

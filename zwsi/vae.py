@@ -76,6 +76,27 @@ def blend_weights(spans: list[tuple[int, int]], size: int) -> np.ndarray:
     return ramps / total
 
 
+def span_blend_weights(spans: list[tuple[int, int]], size: int) -> list[np.ndarray]:
+    """:func:`blend_weights` restricted to each span, ``[w_k[start_k:stop_k] for each span k]``, equal values.
+
+    Memory is the spans' total length, not ``len(spans) x size`` (a 100,000 px wide canvas has hundreds of tiles).
+    """
+    pos = np.arange(size) + 0.5
+    ramps, total = [], np.zeros(size, dtype=np.float64)
+    for k, (start, stop) in enumerate(spans):
+        w = np.ones(stop - start)
+        p = pos[start:stop]
+        if k > 0 and spans[k - 1][1] > start:
+            w = np.minimum(w, (p - start) / (spans[k - 1][1] - start))
+        if k + 1 < len(spans) and spans[k + 1][0] < stop:
+            w = np.minimum(w, (stop - p) / (stop - spans[k + 1][0]))
+        ramps.append(w)
+        total[start:stop] += w  # the same additions, in the same order, as blend_weights' column sums
+    if (total <= 0).any():
+        raise ValueError(f"spans {spans} do not cover [0, {size})")
+    return [w / total[start:stop] for w, (start, stop) in zip(ramps, spans)]
+
+
 def iter_tiled(
     read: Callable[[tuple[int, int], tuple[int, int]], Tensor],
     latent_hw: tuple[int, int],
@@ -104,8 +125,9 @@ def iter_tiled(
     """
     rows, cols = tile_spans(latent_hw[0], tile, overlap), tile_spans(latent_hw[1], tile, overlap)
     out_w = latent_hw[1] * f_out
-    wy = torch.from_numpy(blend_weights([(s * f_out, e * f_out) for s, e in rows], latent_hw[0] * f_out)).float()
-    wx = torch.from_numpy(blend_weights([(s * f_out, e * f_out) for s, e in cols], out_w)).float()
+    wy = [torch.from_numpy(w).float()
+          for w in span_blend_weights([(s * f_out, e * f_out) for s, e in rows], latent_hw[0] * f_out)]
+    wx = [torch.from_numpy(w).float() for w in span_blend_weights([(s * f_out, e * f_out) for s, e in cols], out_w)]
     carry: Tensor | None = None  # blended rows [y0, ...) of the previous tile rows, still overlapped
     for i, (ys, ye) in enumerate(rows):
         y0, y1 = ys * f_out, ye * f_out
@@ -116,11 +138,11 @@ def iter_tiled(
                 band = torch.zeros(y.shape[0], y.shape[1], y1 - y0, out_w, device=y.device)  # (B, C', h, W)
                 if carry is not None:
                     band[:, :, : carry.shape[2]] += carry
-            weight = wy[i, y0:y1, None] * wx[j, None, xs * f_out : xe * f_out]  # (th * f_out, tw * f_out)
+            weight = wy[i][:, None] * wx[j][None, :]  # (th * f_out, tw * f_out)
             band[:, :, :, xs * f_out : xe * f_out] += y * weight.to(y.device)
         stop = rows[i + 1][0] * f_out if i + 1 < len(rows) else y1
         yield y0, band[:, :, : stop - y0]
-        carry = band[:, :, stop - y0 :]
+        carry = band[:, :, stop - y0 :].clone()  # a copy, so the finished band's memory is released
 
 
 def tiled_apply(
@@ -224,7 +246,7 @@ class VAE:
     @staticmethod
     def _to_uint8(pixels: Tensor, batched: bool) -> np.ndarray:
         """[-1, 1] ``(B, 3, H, W)`` -> uint8 ``(B, H, W, 3)`` (or ``(H, W, 3)``), rounded as Z-Image does."""
-        images = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        images = (pixels.float() / 2).add_(0.5).clamp_(0, 1).mul_(255).round_().to(torch.uint8)  # one float temporary
         images = images.permute(0, 2, 3, 1).cpu().numpy()
         return images if batched else images[0]
 
@@ -294,7 +316,11 @@ class VAE:
 
         f = self.spatial_factor
         for y0, band in iter_tiled(read_tile, latent_hw, self._decode, tile=tile, overlap=overlap, f_out=f):
-            yield y0, self._to_uint8(band, batched=False)
+            # the band is a finished, disjoint view of iter_tiled's buffer: map it to uint8 in place (same ops as
+            # _to_uint8), so a 100,000 px wide band needs no second float copy
+            band.div_(2).add_(0.5).clamp_(0, 1).mul_(255).round_()
+            yield y0, band.to(torch.uint8)[0].permute(1, 2, 0).cpu().numpy()
+            del band  # before iter_tiled builds the next band
 
     def encode_tiled(
         self,

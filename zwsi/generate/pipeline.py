@@ -527,6 +527,7 @@ class SlideGenerator:
                                  disable=not progress, leave=False):
                 if y0 < h:
                     pixels.write_window(level, y0, 0, np.ascontiguousarray(band[: h - y0, :w]))
+                del band  # one band in memory: drop it before the next is decoded
             pixels.update_attrs(decoded_levels=sorted({*decoded, level}))
         if level > 0:
             group.barrier()  # the next level's tissue mask reads these pixels
@@ -541,11 +542,22 @@ def background_latents(vae: Any, config: PlanConfig) -> np.ndarray:
     return vae.encode(blank).float().cpu().numpy()
 
 
+MAX_MASK_PIXELS = 4_000_000
+"""A tissue mask is at most about this many pixels (tissue_mask_rgb holds ~200 B per pixel while it works)."""
+
+
+def tissue_mask_factor(mpp: float, slide_pixels: tuple[int, int], tissue_mpp: float) -> int:
+    """Pixels per mask pixel side: ``round(tissue_mpp / mpp)``, raised so the mask stays under `MAX_MASK_PIXELS`."""
+    h, w = slide_pixels
+    return max(1, round(tissue_mpp / mpp), math.ceil(math.sqrt(h * w / MAX_MASK_PIXELS)))
+
+
 def level_tissue_mask(pixels: WindowStore, level: Any, tissue_mpp: float) -> tuple[np.ndarray, float]:
     """Tissue mask of a decoded level in a pixel store, at about ``tissue_mpp`` µm/px.
 
-    The level's pixels are read in bands and averaged over f x f blocks (f = round(tissue_mpp / level mpp), at
-    least 1), then `slide_io.tissue_mask_rgb` decides; memory holds one band and the small image.
+    The level's pixels are read in bands and averaged over f x f blocks (`tissue_mask_factor`: about
+    tissue_mpp / level mpp, coarser for a mask that would exceed `MAX_MASK_PIXELS`), then `slide_io.tissue_mask_rgb`
+    decides; memory holds one band and the small image.
 
     Args:
         pixels: the pixel store.
@@ -557,7 +569,7 @@ def level_tissue_mask(pixels: WindowStore, level: Any, tissue_mpp: float) -> tup
     """
     from slide_io import tissue_mask_rgb
 
-    f = max(1, round(tissue_mpp / level.mpp))
+    f = tissue_mask_factor(level.mpp, level.slide_pixels, tissue_mpp)
     h, w = level.slide_pixels
     band = f * max(1, 2**22 // (w * f))  # about 4 M pixels per band (12 MB uint8) whatever the slide width
     rows = [_block_mean(pixels.read(level.index, (y, min(y + band, h)), (0, w)), f) for y in range(0, h, band)]
