@@ -397,3 +397,16 @@ def test_generate_config_yaml_and_errors(tmp_path: Path) -> None:
         GenerateConfig.preset("tiny").merged({"context_tokens": 5})
     with pytest.raises(ValueError, match="unknown generate preset 'huge'"):
         GenerateConfig.preset("huge")
+
+
+def test_streamed_decode_weights_equal_the_dense_blend_weights() -> None:
+    """`vae.span_blend_weights` (used by iter_decode for wide levels) equals `blend_weights` on every span."""
+    from zwsi.vae import blend_weights, span_blend_weights, tile_spans
+
+    for size, tile, overlap in [(1000, 128, 16), (12500, 32, 8), (77, 16, 4), (300, 64, 40), (50, 64, 8)]:
+        spans = tile_spans(size, tile, overlap)
+        dense, per_span = blend_weights(spans, size), span_blend_weights(spans, size)
+        assert len(per_span) == len(spans)
+        for k, (start, stop) in enumerate(spans):
+            assert np.array_equal(dense[k, start:stop], per_span[k])
+            assert dense[k, :start].sum() == 0 and dense[k, stop:].sum() == 0
