@@ -50,6 +50,7 @@ LOG = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 VAE_DIR = "vae"
+SSIM_MIN_SIDE = 16  # MONAI's SSIM window is 11 px; images are cropped to multiples of 8
 STATS_STEP0 = 10**9  # data draws for the latent statistics: steps no run reaches
 
 
@@ -764,11 +765,12 @@ def reconstruction_metrics(vae: Any, rgb: np.ndarray, *, downsample: int = 1) ->
         raise ValueError(f"downsample must be >= 1, got {downsample}")
     if downsample > 1:
         h, w = rgb.shape[:2]
-        rgb = np.asarray(Image.fromarray(rgb).resize((w // downsample, h // downsample), Image.Resampling.LANCZOS))
+        rgb = np.array(Image.fromarray(rgb).resize((w // downsample, h // downsample), Image.Resampling.LANCZOS))
     f = vae.spatial_factor
     h, w = (rgb.shape[0] // f) * f, (rgb.shape[1] // f) * f
-    if h < f or w < f:
-        raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} px is smaller than the VAE factor {f}")
+    if min(h, w) < SSIM_MIN_SIDE:
+        raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} px is too small: SSIM needs >= {SSIM_MIN_SIDE} px "
+                         f"per side after cropping to a multiple of {f}")
     rgb = np.ascontiguousarray(rgb[:h, :w])
     recon = vae.decode(vae.encode(rgb))
     ssim, psnr = paired_ssim_psnr(rgb[None], recon[None])

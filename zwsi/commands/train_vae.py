@@ -85,7 +85,13 @@ def run_eval(args: argparse.Namespace) -> int:
         rows = []
         for path, rgb in iter_images(args.images):
             for d in args.downsample:
-                psnr, ssim = reconstruction_metrics(vae, rgb, downsample=d)
+                try:
+                    psnr, ssim = reconstruction_metrics(vae, rgb, downsample=d)
+                except ValueError as exc:
+                    if d == 1:
+                        raise
+                    print(f"zwsi train-vae eval: skipped {path} at /{d}: {exc}", file=sys.stderr)
+                    continue
                 rows.append({"image": str(path), "downsample": d, "psnr": psnr, "ssim": ssim})
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"zwsi train-vae eval: {exc}", file=sys.stderr)
