@@ -118,7 +118,8 @@ class Oracle(torch.nn.Module):
                 assert n_h == (n_tok if dr == 0 else k) and n_w == (n_tok if dc == 0 else k)
                 assert (dr, dc) != (0, 0)
                 offsets.add((dr, dc))
-                expect = self.known[w.level][:, (oy + h0) * p : (oy + h0 + n_h) * p, (ox + w0) * p : (ox + w0 + n_w) * p]
+                rows, cols = slice((oy + h0) * p, (oy + h0 + n_h) * p), slice((ox + w0) * p, (ox + w0 + n_w) * p)
+                expect = self.known[w.level][:, rows, cols]
             else:  # the parent overview: token i at (i + 1/2) s - 1/2 - origin, step s
                 assert depth == 1
                 s_ = cfg.factor
@@ -157,7 +158,8 @@ def test_oracle_reproduces_a_known_latent_slide(tiny: SlideGenerator, tmp_path: 
         assert phases == sorted(phases), "a phase started before the previous one finished"
         rows, cols = lv.grid
         for w in calls:
-            inside = {(dr, dc) for dr, dc in PHASE_NEIGHBOURS[w.phase] if 0 <= w.row + dr < rows and 0 <= w.col + dc < cols}
+            inside = {(dr, dc) for dr, dc in PHASE_NEIGHBOURS[w.phase]
+                      if 0 <= w.row + dr < rows and 0 <= w.col + dc < cols}
             assert oracle.seen[w]["offsets"] == inside, (w, oracle.seen[w]["offsets"], inside)
             assert oracle.seen[w]["overviews"] == (0 if lv.index == plan.coarsest else 1)
     assert {w.phase for w in oracle.order if w.level == 0} == {0, 1, 2, 3}
@@ -220,7 +222,8 @@ def test_same_slide_for_any_batch_size_process_count_and_after_a_kill(tiny: Slid
     # windows without tissue in the parent level were filled with the blank-background latents, without a model call
     plan = ref.plan
     work = tmp_path / "b1.tiff.work"
-    mask, mask_mpp = level_tissue_mask(WindowStore.open(work / "pixels.zarr", "r"), plan.level(1), one.config.tissue_mpp)
+    pixels = WindowStore.open(work / "pixels.zarr", "r")
+    mask, mask_mpp = level_tissue_mask(pixels, plan.level(1), one.config.tissue_mpp)
     expected = {(w.row, w.col) for w in tissue_windows(plan, 0, mask, mask_mpp)}
     assert ref.tissue_windows[0] == ref.model_windows[0] == len(expected)
     blank = background_latents(one.vae, plan.config).astype(np.float16)

@@ -3,10 +3,10 @@
 ``accelerate launch --config_file configs/accelerate/ddp-multi-gpu.yaml -m zwsi generate ...`` starts one process
 per GPU with ``RANK``/``WORLD_SIZE`` in the environment (on CPU-only machines: ``torchrun --nproc_per_node N -m
 zwsi generate ... --device cpu``, as accelerate's CPU launcher needs mpirun); `process_group()` joins them through
-accelerate's ``PartialState`` (NCCL on GPUs, gloo on CPUs). Each phase's windows are split with ``planner.phase_batches(rank,
-world)``, every process writes its windows into the same store on a shared file system, and a barrier closes each
-phase. zarr shards are rewritten whole, so two processes writing windows of one shard at the same time would lose
-one of them: writes take an exclusive `fcntl.flock` on a lock file beside the store (`StoreLock`), reads need none
+accelerate's ``PartialState`` (NCCL on GPUs, gloo on CPUs). Each phase's windows are split with
+``planner.phase_batches(rank, world)``, every process writes its windows into the same store on a shared file
+system, and a barrier closes each phase. zarr shards are rewritten whole, so two processes writing windows of one
+shard at the same time would lose one of them: writes take an exclusive `fcntl.flock` on a lock file beside the store (`StoreLock`), reads need none
 (a phase only reads windows of earlier phases, finished before the barrier; zarr replaces files atomically).
 """
 

@@ -497,9 +497,8 @@ class SlideGenerator:
         uncond = None
         if guidance > 0:
             empty = features[:0]  # (0, D): the dropped report (target at t-position 1), as in training
-            uncond = sequence_denoiser(
-                self.transformer, [build_sample(plan, w, latents.read, empty, z.to(dtype)) for w, z in zip(batch, noise)]
-            )
+            dropped = [build_sample(plan, w, latents.read, empty, z.to(dtype)) for w, z in zip(batch, noise)]
+            uncond = sequence_denoiser(self.transformer, dropped)
         with torch.inference_mode():
             out = sample(sequence_denoiser(self.transformer, samples), noise, sigmas=flow_sigmas(steps, self.shift),
                          guidance_scale=guidance, uncond_model=uncond, cfg_truncation=cfg.cfg_truncation,
