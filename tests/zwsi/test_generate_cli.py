@@ -156,7 +156,8 @@ def test_cohort_selects_by_fields_and_resumes_as_a_whole(tiny: SlideGenerator, r
 def test_generate_cohort_command(reports_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cohort"
     code = main(["generate-cohort", "--reports", str(reports_csv), "--where", "stated_grade=nottingham 2",
-                 "--per-report", "1", "--out", str(out), "--seed", "0", "--model", "tiny", "--random-init", *TINY_SLIDE])
+                 "--per-report", "1", "--out", str(out), "--seed", "0", "--model", "tiny", "--random-init",
+                 *TINY_SLIDE])
     assert code == 0, capsys.readouterr().err
     rows = read_manifest(out / "manifest.csv")
     assert [(r["report_id"], r["slide_path"]) for r in rows] == [("r2", "r2_0.tiff")]

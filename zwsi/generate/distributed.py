@@ -6,8 +6,9 @@ zwsi generate ... --device cpu``, as accelerate's CPU launcher needs mpirun); `p
 accelerate's ``PartialState`` (NCCL on GPUs, gloo on CPUs). Each phase's windows are split with
 ``planner.phase_batches(rank, world)``, every process writes its windows into the same store on a shared file
 system, and a barrier closes each phase. zarr shards are rewritten whole, so two processes writing windows of one
-shard at the same time would lose one of them: writes take an exclusive `fcntl.flock` on a lock file beside the store (`StoreLock`), reads need none
-(a phase only reads windows of earlier phases, finished before the barrier; zarr replaces files atomically).
+shard at the same time would lose one of them: writes take an exclusive `fcntl.flock` on a lock file beside the
+store (`StoreLock`), reads need none (a phase only reads windows of earlier phases, finished before the barrier;
+zarr replaces files atomically).
 """
 
 from __future__ import annotations
