@@ -749,13 +749,16 @@ def read_rgb(path: str | Path) -> np.ndarray:
         return np.array(img.convert("RGB"))  # writable: torch.from_numpy warns on read-only arrays
 
 
-def reconstruction_metrics(vae: Any, rgb: np.ndarray, *, downsample: int = 1) -> tuple[float, float]:
+def reconstruction_metrics(vae: Any, rgb: np.ndarray, *, downsample: int = 1,
+                           tile: int | None = None) -> tuple[float, float]:
     """(PSNR dB, SSIM) of ``vae``'s reconstruction of one image, cropped to a multiple of 8.
 
     Args:
         vae: a :class:`zwsi.vae.VAE`.
         rgb: (H, W, 3) uint8.
         downsample: shrink the image by this factor first (Lanczos), to mimic a coarser µm/px.
+        tile: encode and decode tile by tile (``encode_tiled``/``decode_tiled``, tile in latents, overlap tile/4)
+            instead of the whole image at once.
     """
     from PIL import Image
 
@@ -772,7 +775,11 @@ def reconstruction_metrics(vae: Any, rgb: np.ndarray, *, downsample: int = 1) ->
         raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} px is too small: SSIM needs >= {SSIM_MIN_SIDE} px "
                          f"per side after cropping to a multiple of {f}")
     rgb = np.ascontiguousarray(rgb[:h, :w])
-    recon = vae.decode(vae.encode(rgb))
+    if tile is None:
+        recon = vae.decode(vae.encode(rgb))
+    else:
+        overlap = max(1, tile // 4)
+        recon = vae.decode_tiled(vae.encode_tiled(rgb, tile=tile, overlap=overlap), tile=tile, overlap=overlap)
     ssim, psnr = paired_ssim_psnr(rgb[None], recon[None])
     return float(psnr[0]), float(ssim[0])
 

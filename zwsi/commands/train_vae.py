@@ -1,7 +1,7 @@
 """`zwsi train-vae`: train the small VAE on real slide crops; `zwsi train-vae eval`: measure a VAE on images.
 
     zwsi train-vae --config configs/vae/small.yaml --out runs/vae-small [--resume] [--max-steps N] [--slide SVS]
-    zwsi train-vae eval zwsi/default_model/vae ../shared/data/tiles/mopadi IMAGE.png ... [--downsample 1 4] [--json]
+    zwsi train-vae eval zwsi/default_model/vae ../shared/data/tiles/mopadi IMAGE.png ... [--downsample 1 4] [--tile 8]
 
 Training writes checkpoints (safetensors + JSON) under OUT/checkpoints, resumes from the newest with `--resume`,
 and exports OUT/vae (config.json with the measured scaling/shift + diffusion_pytorch_model.safetensors).
@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     e.add_argument("vae", type=Path, help="VAE folder (config.json + *.safetensors) or a hub folder with vae/")
     e.add_argument("images", nargs="+", help="image files or folders (png/jpg/tif)")
     e.add_argument("--downsample", type=int, nargs="+", default=[1], help="also shrink images by these factors")
+    e.add_argument("--tile", type=int, default=None,
+                   help="encode/decode tile by tile, tile side in latents (default: whole image at once)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_eval)
 
@@ -86,7 +88,7 @@ def run_eval(args: argparse.Namespace) -> int:
         for path, rgb in iter_images(args.images):
             for d in args.downsample:
                 try:
-                    psnr, ssim = reconstruction_metrics(vae, rgb, downsample=d)
+                    psnr, ssim = reconstruction_metrics(vae, rgb, downsample=d, tile=args.tile)
                 except ValueError as exc:
                     if d == 1:
                         raise
