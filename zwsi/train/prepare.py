@@ -37,15 +37,6 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".v
 TCGA_PATIENT = re.compile(r"TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
-# A tiny FLUX-shaped AutoencoderKL (16 latent channels, factor 8), for tests only (--random-init).
-TINY_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 8, 8], layers_per_block=1,
-    latent_channels=16, norm_num_groups=4, use_quant_conv=False, use_post_quant_conv=False,
-    scaling_factor=0.3611, shift_factor=0.1159, mid_block_add_attention=True,
-)
-
-
 # ---- inputs ------------------------------------------------------------------------------------------------------
 def find_slides(spec: str | Path) -> list[Path]:
     """Slides named by a folder (every slide file in it, sorted), a text file listing paths, or one slide file.
@@ -162,6 +153,7 @@ def random_vae(seed: int = 0) -> Any:
     import torch
     from diffusers import AutoencoderKL
 
+    from zwsi.generate.pipeline import TINY_VAE
     from zwsi.vae import VAE
 
     torch.manual_seed(seed)
@@ -238,9 +230,11 @@ def prepare_dataset(
     manifest = _open_manifest(out, plan_config, final_mpp, coarsest_mpp, vae_info, text_info, fractions, split_seed)
     cache = EmbeddingCache(out / "features")
     pairs = match_reports(slides, records, mapping)
-    background = _background(vae, plan_config)
-
     from tqdm.auto import tqdm
+
+    from zwsi.generate.pipeline import background_latents
+
+    background = background_latents(vae, plan_config)  # the same blank-glass latents generation fills windows with
 
     for slide_path, record in tqdm(pairs, desc="slides", unit="slide", disable=not progress):
         sid = slide_id_of(slide_path)
@@ -300,13 +294,6 @@ def _open_manifest(out: Path, plan_config: PlanConfig, final_mpp: float, coarses
                          f"(another fingerprint); use a new --out folder")
     old.split_fractions, old.split_seed = dict(fractions), int(split_seed)
     return old
-
-
-def _background(vae: Any, config: PlanConfig) -> np.ndarray:
-    """VAE latents (C, n, n) of a blank (white) window: what windows without tissue are filled with."""
-    n_px = config.window_latents * config.vae_factor
-    white = np.full((n_px, n_px, 3), 255, np.uint8)
-    return vae.encode(white).cpu().numpy()
 
 
 def _encode_slide(
