@@ -218,7 +218,8 @@ class VAE:
     # ---- pixels <-> model space -------------------------------------------------------------------------------
     def _to_model_pixels(self, pixels: np.ndarray | Tensor) -> tuple[Tensor, bool]:
         """Pixels as ``(B, 3, H, W)`` in [-1, 1] on the VAE's device, and whether the input had a batch axis."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else pixels
+        # Regions read from slides may be read-only views: copy only those (torch needs writable memory).
+        x = torch.from_numpy(np.require(pixels, requirements=["C", "W"])) if isinstance(pixels, np.ndarray) else pixels
         if x.dtype == torch.uint8:
             if x.dim() not in (3, 4) or x.shape[-1] != 3:
                 raise ValueError(f"uint8 pixels must be (H, W, 3) or (B, H, W, 3), got {tuple(x.shape)}")
