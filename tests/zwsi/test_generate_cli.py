@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +31,7 @@ REPORTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on the shared 2-core machine two threads oversubscribe and run the tiny convs 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(one_thread: None) -> SlideGenerator:
-    return SlideGenerator.from_pretrained("tiny", random_init=True)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/zwsi/conftest.py
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +37,7 @@ SMALL = dict(width_um=380.0, height_um=250.0, mpp=2.0)  # 190 x 125 px: 2 x 3 wi
 STEPS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread: on the shared 2-core machine two threads oversubscribe and run the tiny convs 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(one_thread: None) -> SlideGenerator:
-    return SlideGenerator.from_pretrained("tiny", random_init=True)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/zwsi/conftest.py
 
 
 def with_config(gen: SlideGenerator, **changes: Any) -> SlideGenerator:
