@@ -251,16 +251,25 @@ class VAE:
         images = images.permute(0, 2, 3, 1).cpu().numpy()
         return images if batched else images[0]
 
+    def _memory_format(self) -> torch.memory_format:
+        """channels_last on the CPU (oneDNN convolutions run ~1.4x faster there), the default layout elsewhere."""
+        fmt = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        if getattr(self, "_format", None) is not fmt:
+            self.autoencoder.to(memory_format=fmt)
+            self._format = fmt
+        return fmt
+
     @torch.no_grad()
     def _encode(self, x: Tensor, sample: bool, generator: torch.Generator | None) -> Tensor:
-        posterior = self.autoencoder.encode(x.to(self.dtype)).latent_dist
+        x = x.to(self.dtype).contiguous(memory_format=self._memory_format())
+        posterior = self.autoencoder.encode(x).latent_dist
         z = posterior.sample(generator) if sample else posterior.mode()
-        return (z.float() - self.shift_factor) * self.scaling_factor
+        return ((z.float() - self.shift_factor) * self.scaling_factor).contiguous()
 
     @torch.no_grad()
     def _decode(self, latents: Tensor) -> Tensor:
-        z = latents.float() / self.scaling_factor + self.shift_factor
-        return self.autoencoder.decode(z.to(self.dtype)).sample.float()
+        z = (latents.float() / self.scaling_factor + self.shift_factor).to(self.dtype)
+        return self.autoencoder.decode(z.contiguous(memory_format=self._memory_format())).sample.float()
 
     # ---- public API ---------------------------------------------------------------------------------------------
     def encode(
