@@ -120,7 +120,8 @@ class GenerateConfig:
     # ---- construction -------------------------------------------------------------------------------------------
     @classmethod
     def preset(cls, name: str) -> GenerateConfig:
-        """A named preset: "z-image-turbo" (1024² windows, 8 steps, bf16) or "tiny" (CPU tests).
+        """A named preset: "z-image-turbo" (1024² windows, 8 steps, bf16), "zwsi-small" (the built-in default
+        model on CPU) or "tiny" (CPU tests).
 
         Raises:
             ValueError: unknown name (lists the presets).
@@ -159,6 +160,10 @@ class GenerateConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # Z-Image-Turbo on a GPU: 64-token (1024 px) windows, 8-token strips, 8 steps, no CFG, bf16 transformer.
     "z-image-turbo": {},
+    # The built-in default model (zwsi-small, patch 4) on CPU: 16-token (512 px) windows with 2-token strips, decoded
+    # in 16-latent (128 px) tiles = the small VAE's training crop, so its GroupNorm statistics match.
+    "zwsi-small": dict(window_tokens=16, context_tokens=2, overview_margin=2, batch_size=8, vae_tile=16,
+                       vae_overlap=2, dtype="fp32"),
     # The tiny random pipeline on CPU (tests, benchmarks): 4-token (64 px) windows, fp32.
     "tiny": dict(window_tokens=4, context_tokens=1, overview_margin=1, batch_size=4, vae_tile=32, vae_overlap=8,
                  dtype="fp32"),

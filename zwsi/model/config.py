@@ -152,7 +152,8 @@ class S3DiTConfig:
 
     @classmethod
     def preset(cls, name: str) -> S3DiTConfig:
-        """A named preset: "z-image-turbo" (6.155B, the hub Turbo config) or "tiny" (for tests).
+        """A named preset: "z-image-turbo" (6.155B, the hub Turbo config), "zwsi-small" (the built-in default
+        model, 2.0M) or "tiny" (for tests).
 
         Raises:
             ValueError: for an unknown name (lists the presets).
@@ -168,6 +169,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2,
         n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0,
         axes_dims=(32, 48, 48), axes_lens=(1536, 512, 512),
+    ),
+    # The built-in default model's transformer (zwsi/default_model): 2.0M parameters, sized so an 8,000² px slide
+    # generates on 2 CPU cores in minutes. Patch 4 (not 2) quarters the tokens per pixel; head_dim 64 = 16 + 24 + 24;
+    # cap_feat_dim 384 = all-MiniLM-L6-v2's hidden size.
+    "zwsi-small": dict(
+        all_patch_size=(4,), all_f_patch_size=(1,), in_channels=16, dim=128, n_layers=4, n_refiner_layers=1,
+        n_heads=2, n_kv_heads=2, cap_feat_dim=384, axes_dims=(16, 24, 24), axes_lens=(1536, 512, 512),
     ),
     # A tiny model for CPU tests: head_dim 32 = 8 + 12 + 12.
     "tiny": dict(
