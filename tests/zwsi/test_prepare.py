@@ -146,3 +146,32 @@ def test_match_csv_phi_refusal_and_input_errors(tmp_path: Path, capsys: pytest.C
     args = [x for x in prepare_args(slides, reports, tmp_path / "y", "--match", str(match)) if x != "--random-init"]
     assert main(args) == 2
     assert "no VAE: give --model or --vae (a tiny random VAE needs --random-init, tests only)" in capsys.readouterr().err
+
+
+def test_grid_offsets_plan_shifted_copies_of_a_slide_whose_windows_hold_the_shifted_pixels(tmp_path: Path) -> None:
+    """--grid-offsets 2: four entries of one patient; entry k's window (0, 0) encodes the slide from its origin."""
+    from slide_io import WindowStore, open_slide
+    from zwsi.vae import VAE
+
+    reports = shared_file("reports/pathrepbench_tcga_reports_test.csv")
+    slides = make_slides(tmp_path / "slides", PATIENTS[:1])
+    assert main(prepare_args(slides, reports, tmp_path / "ds", "--grid-offsets", "2")) == 0
+    m = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    sid = f"{PATIENTS[0]}-01Z-00-DX1"
+    assert [s["slide_id"] for s in m["slides"]] == [sid, f"{sid}_o1", f"{sid}_o2", f"{sid}_o3"]
+    step = 4 * 2 * 8 * 4.0 / 2  # window 4 tokens x patch 2 x VAE 8 px x 4 µm/px, halved: 128 µm
+    assert [s["origin_um"] for s in m["slides"]] == [[0.0, 0.0], [0.0, step], [step, 0.0], [step, step]]
+    assert len({s["patient_id"] for s in m["slides"]}) == 1 and len({s["split"] for s in m["slides"]}) == 1
+    o3 = m["slides"][3]
+    assert o3["width_um"] == pytest.approx(2220 * 0.499 - step) and o3["height_um"] == pytest.approx(2967 * 0.499 - step)
+    vae = VAE.from_folder(tmp_path / "ds" / "vae")
+    store = WindowStore.open(tmp_path / "ds" / o3["store"], mode="r")
+    n = 8  # window latents
+    with open_slide(shared_file("wsi/CMU-1-Small-Region.svs")) as slide:
+        row, col = o3["tissue"][0][0]
+        x = (col * n * 8 * 4.0 + step) / slide.mpp.x
+        y = (row * n * 8 * 4.0 + step) / slide.mpp.y
+        want = vae.encode(slide.read_region_mpp((round(x), round(y)), 4.0, (n * 8, n * 8))).numpy()
+    got = store.read(0, (row * n, (row + 1) * n), (col * n, (col + 1) * n)).astype(np.float32)
+    np.testing.assert_allclose(got, want, atol=4e-3, rtol=2e-3)
+    assert main(prepare_args(slides, reports, tmp_path / "bad", "--grid-offsets", "0")) == 2

@@ -39,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--window-tokens", type=int, default=64, help="target window side in tokens (default 64 = 1024 px)")
     p.add_argument("--context-tokens", type=int, default=8, help="neighbour strip width in tokens (default 8)")
     p.add_argument("--overview-margin", type=int, default=4, help="parent tokens around a window's overview (default 4)")
+    p.add_argument("--patch-size", type=int, default=2, help="latents per token side of the model to train (Z-Image: 2)")
+    p.add_argument("--factor", type=int, default=4, help="µm/px ratio between ladder rungs (default 4)")
+    p.add_argument("--grid-offsets", type=int, default=1,
+                   help="N > 1: also plan every slide from N x N origins shifted by 1/N window (more distinct windows "
+                   "from few slides)")
     p.add_argument("--splits", default="0.8,0.1,0.1", help="train,val,test fractions of patients (default 0.8,0.1,0.1)")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--phi-policy", choices=("refuse", "redact", "allow"), default="refuse",
@@ -109,13 +114,13 @@ def run_prepare(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         vae, text_encoder, vae_path = _models(args)
         plan = PlanConfig(window_tokens=args.window_tokens, context_tokens=args.context_tokens,
-                          overview_margin=args.overview_margin, vae_factor=vae.spatial_factor,
-                          latent_channels=vae.latent_channels)
+                          overview_margin=args.overview_margin, factor=args.factor, patch_size=args.patch_size,
+                          vae_factor=vae.spatial_factor, latent_channels=vae.latent_channels)
         manifest = prepare_dataset(
             slides, records, args.out, vae=vae, text_encoder=text_encoder, vae_path=vae_path, final_mpp=args.mpp,
             coarsest_mpp=args.coarsest_mpp, plan_config=plan, mapping=mapping, split_fractions=_fractions(args.splits),
             split_seed=args.split_seed, phi_policy=args.phi_policy, encode_margin=args.encode_margin,
-            batch_size=args.batch_size, progress=not args.no_progress,
+            batch_size=args.batch_size, grid_offsets=args.grid_offsets, progress=not args.no_progress,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"zwsi prepare: {exc}", file=sys.stderr)

@@ -50,7 +50,9 @@ class SlideEntry:
         fields: fields from the source metadata and the ones the text states (canonical labels).
         text_sha256: hash of the verbatim report text.
         n_report_tokens: tokens the text encoder received; report_truncated: whether its limit cut the report.
-        height_um, width_um: slide extent.
+        height_um, width_um: extent of the planned area (the slide less ``origin_um``).
+        origin_um: (y, x) µm of the planned area's top-left corner in the slide; entries of one slide with other
+            origins see it on a shifted window grid (``zwsi prepare --grid-offsets``), as generation may.
         store: latent store, relative to the dataset folder.
         features: report features file, relative to the dataset folder.
         tissue: per level (finest first) the (row, col) of windows holding tissue.
@@ -69,6 +71,7 @@ class SlideEntry:
     report_truncated: bool = False
     height_um: float = 0.0
     width_um: float = 0.0
+    origin_um: list[float] = field(default_factory=lambda: [0.0, 0.0])
     store: str = ""
     features: str = ""
     tissue: list[list[list[int]]] = field(default_factory=list)

@@ -184,6 +184,7 @@ def prepare_dataset(
     batch_size: int = 8,
     tissue_mpp: float = 8.0,
     latent_dtype: str = "float16",
+    grid_offsets: int = 1,
     progress: bool = True,
 ) -> Manifest:
     """Prepare (or resume preparing) a training dataset in `out` (see the module docstring).
@@ -202,6 +203,9 @@ def prepare_dataset(
         split_seed: seed of the patient split.
         phi_policy: `reports.conditioning_text` policy; a refused report skips its slide (recorded with the reason).
         encode_margin: latents of context read around each window before encoding, then cropped.
+        grid_offsets: N > 1 also plans each slide from N x N shifted origins (steps of 1/N of a finest-level
+            window), each an entry ``<slide>_o<k>`` of the same patient: N² times the distinct training windows of
+            a small slide set, all on generation's grid geometry.
         batch_size: windows per VAE call.
         tissue_mpp: µm/px of the tissue mask.
         latent_dtype: dtype of the latent stores.
@@ -236,13 +240,19 @@ def prepare_dataset(
 
     background = background_latents(vae, plan_config)  # the same blank-glass latents generation fills windows with
 
-    for slide_path, record in tqdm(pairs, desc="slides", unit="slide", disable=not progress):
-        sid = slide_id_of(slide_path)
+    if grid_offsets < 1:
+        raise ValueError(f"grid_offsets must be >= 1, got {grid_offsets}")
+    step_um = plan_config.window_latents * plan_config.vae_factor * final_mpp / grid_offsets
+    origins = [(i * step_um, j * step_um) for i in range(grid_offsets) for j in range(grid_offsets)]
+    jobs = [(p, r, k, o) for p, r in pairs for k, o in enumerate(origins)]
+    for slide_path, record, k, origin in tqdm(jobs, desc="slides", unit="slide", disable=not progress):
+        sid = slide_id_of(slide_path) + (f"_o{k}" if k else "")
         entry = manifest.entry(sid)
         if entry is not None and entry.status in ("done", "skipped"):
             continue
         subtype, fields = report_fields(record)
-        entry = entry or SlideEntry(sid, str(slide_path), record.id, patient_of(slide_path, record))
+        entry = entry or SlideEntry(sid, str(slide_path), record.id, patient_of(slide_path, record),
+                                    origin_um=[float(origin[0]), float(origin[1])])
         entry.subtype, entry.fields, entry.text_sha256 = subtype, fields, record.text_sha256
         if manifest.entry(sid) is None:
             manifest.slides.append(entry)
@@ -306,13 +316,17 @@ def _encode_slide(
     config = manifest.plan_config
     with open_slide(slide_path) as slide:
         mpp = slide.mpp
-        width_um, height_um = slide.dimensions[0] * mpp.x, slide.dimensions[1] * mpp.y
+        oy, ox = entry.origin_um
+        width_um, height_um = slide.dimensions[0] * mpp.x - ox, slide.dimensions[1] * mpp.y - oy
+        if min(width_um, height_um) <= 0:
+            return f"origin {entry.origin_um} µm lies outside the slide"
         plan = plan_for(height_um, width_um, manifest.final_mpp, manifest.coarsest_mpp, config)
         entry.height_um, entry.width_um = height_um, width_um
         mask = detect_tissue(slide, mpp=min(tissue_mpp, plan.levels[-1].mpp))
-        if not mask.mask.any():
+        tissue_mask = mask.mask[round(oy / mask.mpp.y):, round(ox / mask.mpp.x):]
+        if not tissue_mask.any():
             return "no tissue detected"
-        tissue = [tissue_windows(plan, lv.index, mask.mask, (mask.mpp.x + mask.mpp.y) / 2) for lv in plan.levels]
+        tissue = [tissue_windows(plan, lv.index, tissue_mask, (mask.mpp.x + mask.mpp.y) / 2) for lv in plan.levels]
         entry.tissue = [[[w.row, w.col] for w in ws] for ws in tissue]
         entry.store = f"latents/{entry.slide_id}.zarr"
         store_path = out / entry.store
@@ -339,7 +353,7 @@ def _encode_slide(
                         band[:, :, c * n : (c + 1) * n] = background
                 for i in range(0, len(encode), batch_size):
                     batch = encode[i : i + batch_size]
-                    pixels = np.stack([_read_window(slide, plan, w, margin) for w in batch])
+                    pixels = np.stack([_read_window(slide, plan, w, margin, entry.origin_um) for w in batch])
                     latents = vae.encode(pixels).cpu().numpy()  # (B, C, n + 2m, n + 2m)
                     for w, z in zip(batch, latents):
                         band[:, :, w.col * n : (w.col + 1) * n] = z[:, margin : margin + n, margin : margin + n]
@@ -349,14 +363,16 @@ def _encode_slide(
     return ""
 
 
-def _read_window(slide: Any, plan: SlidePlan, window: Window, margin: int) -> np.ndarray:
-    """RGB (n_px + 2 m_px)² of a window at its level's µm/px, with `margin` latents around it (white beyond the slide)."""
+def _read_window(slide: Any, plan: SlidePlan, window: Window, margin: int,
+                 origin_um: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
+    """RGB (n_px + 2 m_px)² of a window at its level's µm/px, with `margin` latents around it (white beyond the slide);
+    the plan's (0, 0) sits at ``origin_um`` (y, x) in the slide."""
     cfg = plan.config
     level = plan.level(window.level)
     n_px, m_px = cfg.window_latents * cfg.vae_factor, margin * cfg.vae_factor
     mpp = slide.mpp
-    x = (window.col * n_px - m_px) * level.mpp / mpp.x
-    y = (window.row * n_px - m_px) * level.mpp / mpp.y
+    x = ((window.col * n_px - m_px) * level.mpp + origin_um[1]) / mpp.x
+    y = ((window.row * n_px - m_px) * level.mpp + origin_um[0]) / mpp.y
     return slide.read_region_mpp((round(x), round(y)), level.mpp, (n_px + 2 * m_px, n_px + 2 * m_px))
 
 
