@@ -73,7 +73,7 @@ def test_generate_command_writes_a_synthetic_slide(tmp_path: Path, capsys: pytes
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--text", "Adenocarcinoma."], "no --model given, and Z-WSI ships no built-in default model yet"),
+        (["--text", "Adenocarcinoma.", "--random-init"], "the built-in default model has trained weights"),
         (["--text", "Adenocarcinoma.", "--model", "tiny"], "random_init=True"),
         (["--text", "Adenocarcinoma.", "--model", "nowhere/model"], "neither a folder nor a pipeline preset"),
         (["--text", "Seen by Dr. John Smith on 03/04/2019. Adenocarcinoma.", "--model", "tiny", "--random-init"],

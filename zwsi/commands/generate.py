@@ -2,6 +2,8 @@
 
     zwsi generate --report report.txt --out slide.tiff --width-um 2000 --height-um 1500 --mpp 0.5 --seed 7 \\
         --model /models/Z-Image-Turbo [--steps 8] [--guidance 0]
+    zwsi generate --report examples/report_skin_example.txt --out demo.tiff --width-um 4000 --height-um 4000 \\
+        --mpp 0.5 --seed 0                                               # the built-in default model (CPU)
     zwsi generate --text "Invasive ductal carcinoma, grade 2." --out s.tiff --width-um 400 --height-um 300 \\
         --mpp 2 --seed 1 --model tiny --random-init                      # random weights: tests, benchmarks
     accelerate launch --config_file configs/accelerate/ddp-multi-gpu.yaml -m zwsi generate ...   # several GPUs
@@ -20,11 +22,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-NO_DEFAULT_MODEL = (
-    "no --model given, and Z-WSI ships no built-in default model yet; pass --model PATH (a Z-Image-style hub "
-    "folder with transformer/, vae/, text_encoder/, tokenizer/, scheduler/, e.g. a local Tongyi-MAI/Z-Image-Turbo) "
-    "or --model tiny --random-init (random weights, for tests and benchmarks only)"
-)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -64,7 +61,9 @@ def _slide_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height-um", type=float, required=True, help="slide height in µm")
     p.add_argument("--mpp", type=float, required=True, help="µm per pixel of the full-resolution level (e.g. 0.5)")
     p.add_argument("--seed", type=int, required=True, help="slide seed (cohort: the base seed)")
-    p.add_argument("--model", default=None, help="model folder (hub layout), or 'tiny' with --random-init")
+    p.add_argument("--model", default=None,
+                   help="model folder (hub layout); default: the built-in small demonstration model (zwsi-small, "
+                   "trained on one CC0 slide); 'tiny' with --random-init for tests")
     p.add_argument("--random-init", action="store_true", help="build --model tiny with random weights (tests only)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default 8)")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default 0 = off, as Turbo)")
@@ -80,8 +79,6 @@ def _slide_args(p: argparse.ArgumentParser) -> None:
 def _generator(args: argparse.Namespace) -> Any:
     from zwsi.generate.pipeline import SlideGenerator
 
-    if args.model is None:
-        raise ValueError(NO_DEFAULT_MODEL)
     overrides = {"batch_size": args.batch_size, "phi_policy": args.phi_policy, "device": args.device,
                  "compression": args.compression}
     return SlideGenerator.from_pretrained(args.model, random_init=args.random_init, config=args.config,

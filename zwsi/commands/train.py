@@ -4,6 +4,8 @@
     accelerate launch --config_file configs/accelerate/ddp-multi-gpu.yaml -m zwsi train --config ...
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m zwsi train --config ...   # several CPU processes (gloo)
     zwsi train merge-lora --base Z-Image-Turbo --adapter runs/x/final/adapter --out merged/transformer
+    zwsi train export --transformer runs/x/final/ema-transformer --vae runs/vae/vae \\
+        --generate-config configs/generate/zwsi-small.yaml --out my-model     # a folder `zwsi generate --model` reads
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     m.add_argument("--out", required=True, type=Path, help="output transformer folder")
     m.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="dtype of the merge and the output")
     m.set_defaults(func=run_merge)
+    e = sub.add_parser("export", help="bundle a trained transformer, a VAE and a text encoder into a pipeline folder",
+                       description="Write the hub layout `zwsi generate --model` reads (transformer/, vae/, "
+                       "text_encoder/, scheduler/, zwsi_generate.yaml). The offline MiniLM is referenced, not copied.")
+    e.add_argument("--transformer", required=True, type=Path, help="trained transformer folder (e.g. RUN/final/ema-transformer)")
+    e.add_argument("--vae", required=True, type=Path, help="VAE folder (e.g. a `zwsi train-vae` run's vae/)")
+    e.add_argument("--text-encoder", default="minilm", help="'minilm' (the offline package) or a text encoder folder")
+    e.add_argument("--generate-config", type=Path, default=None, help="generation settings YAML the model was trained for")
+    e.add_argument("--shift", type=float, default=3.0, help="sampling schedule shift (scheduler_config.json)")
+    e.add_argument("--vae-dtype", default="fp16", choices=("fp16", "fp32"), help="storage dtype of the VAE weights")
+    e.add_argument("--out", required=True, type=Path, help="new pipeline folder")
+    e.set_defaults(func=run_export)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -72,4 +85,29 @@ def run_merge(args: argparse.Namespace) -> int:
         print(f"zwsi train merge-lora: {exc}", file=sys.stderr)
         return 2
     print(f"zwsi train merge-lora: wrote {out}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from zwsi.generate.config import load_generate_config
+    from zwsi.generate.pipeline import SlideGenerator
+    from zwsi.model.checkpoint import load_transformer
+    from zwsi.text.encoders import load_text_encoder
+    from zwsi.vae import VAE
+
+    try:
+        transformer = load_transformer(args.transformer, dtype="fp32", device="cpu").requires_grad_(False)
+        vae = VAE.from_folder(args.vae)
+        spec = {"backend": "hf"} if args.text_encoder == "minilm" else {"path": args.text_encoder}
+        encoder = load_text_encoder(spec)
+        config = load_generate_config(args.generate_config) if args.generate_config else None
+        gen = SlideGenerator(transformer, vae, encoder, config=config, shift=args.shift, name=args.out.name)
+        out = gen.save_pretrained(args.out, vae_dtype=torch.float16 if args.vae_dtype == "fp16" else None)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"zwsi train export: {exc}", file=sys.stderr)
+        return 2
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"zwsi train export: wrote {out} ({size / 1e6:.1f} MB)")
     return 0

