@@ -105,8 +105,13 @@ def iter_tiled(
     tile: int,
     overlap: int,
     f_out: int = 1,
+    batch_tiles: int = 16,
 ) -> Iterator[tuple[int, Tensor]]:
-    """Apply ``fn`` to overlapping tiles read one at a time and yield the blended result in finished row bands.
+    """Apply ``fn`` to overlapping tiles and yield the blended result in finished row bands.
+
+    Tiles of one tile row go through ``fn`` up to ``batch_tiles`` at a time (concatenated on the batch axis when
+    they have one shape); a tile equal to a recent one reuses its output, so a blank area costs one call. ``fn``
+    must therefore act on each batch item independently (the VAE does: no batch statistics in eval mode).
 
     Tiles are laid out on the latent grid (:func:`tile_spans` of ``latent_hw``) and blended with
     :func:`blend_weights`. Only one band of tiles (tile rows x full width) is held; the part of it that the next
@@ -119,6 +124,7 @@ def iter_tiled(
         tile: tile side in latents.
         overlap: minimal overlap of neighbouring tiles in latents.
         f_out: output units per latent (8 for decode, 1 for encode).
+        batch_tiles: most tiles per ``fn`` call.
 
     Yields:
         ``(y0, band)``: output row of the band's first row and the band ``(B, C', h_band, latent_hw[1] * f_out)``.
@@ -129,20 +135,49 @@ def iter_tiled(
           for w in span_blend_weights([(s * f_out, e * f_out) for s, e in rows], latent_hw[0] * f_out)]
     wx = [torch.from_numpy(w).float() for w in span_blend_weights([(s * f_out, e * f_out) for s, e in cols], out_w)]
     carry: Tensor | None = None  # blended rows [y0, ...) of the previous tile rows, still overlapped
+    seen: dict[bytes, Tensor] = {}  # outputs of recent distinct tiles (a blank area repeats one tile)
     for i, (ys, ye) in enumerate(rows):
         y0, y1 = ys * f_out, ye * f_out
         band: Tensor | None = None
-        for j, (xs, xe) in enumerate(cols):
-            y = fn(read((ys, ye), (xs, xe)))  # (B, C', th * f_out, tw * f_out)
-            if band is None:
-                band = torch.zeros(y.shape[0], y.shape[1], y1 - y0, out_w, device=y.device)  # (B, C', h, W)
-                if carry is not None:
-                    band[:, :, : carry.shape[2]] += carry
-            weight = wy[i][:, None] * wx[j][None, :]  # (th * f_out, tw * f_out)
-            band[:, :, :, xs * f_out : xe * f_out] += y * weight.to(y.device)
+        for chunk in _chunks(list(enumerate(cols)), batch_tiles):
+            outputs = _apply_batched(fn, [read((ys, ye), (xs, xe)) for _, (xs, xe) in chunk], seen)
+            for (j, (xs, xe)), y in zip(chunk, outputs):  # y: (B, C', th * f_out, tw * f_out)
+                if band is None:
+                    band = torch.zeros(y.shape[0], y.shape[1], y1 - y0, out_w, device=y.device)  # (B, C', h, W)
+                    if carry is not None:
+                        band[:, :, : carry.shape[2]] += carry
+                weight = wy[i][:, None] * wx[j][None, :]  # (th * f_out, tw * f_out)
+                band[:, :, :, xs * f_out : xe * f_out] += y * weight.to(y.device)
         stop = rows[i + 1][0] * f_out if i + 1 < len(rows) else y1
         yield y0, band[:, :, : stop - y0]
         carry = band[:, :, stop - y0 :].clone()  # a copy, so the finished band's memory is released
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for k in range(0, len(items), max(1, size)):
+        yield items[k : k + max(1, size)]
+
+
+SEEN_TILES = 8
+"""Distinct tile outputs `iter_tiled` keeps for reuse (blank glass repeats one tile; tissue never repeats)."""
+
+
+def _apply_batched(fn: Callable[[Tensor], Tensor], tiles: list[Tensor], seen: dict[bytes, Tensor]) -> list[Tensor]:
+    """``[fn(t) for t in tiles]``, computed as one batched call over the tiles not met before."""
+    keys = [t.detach().cpu().contiguous().numpy().tobytes() for t in tiles]
+    found = {key: seen[key] for key in keys if key in seen}
+    todo = [k for k, key in enumerate(keys) if key not in found and key not in keys[:k]]
+    if todo:
+        if len({tuple(tiles[k].shape) for k in todo}) == 1:
+            outs = torch.split(fn(torch.cat([tiles[k] for k in todo])), [tiles[k].shape[0] for k in todo])
+        else:
+            outs = [fn(tiles[k]) for k in todo]
+        for k, y in zip(todo, outs):
+            found[keys[k]] = y
+            if len(seen) >= SEEN_TILES:
+                seen.pop(next(iter(seen)))
+            seen[keys[k]] = y
+    return [found[key] for key in keys]
 
 
 def tiled_apply(

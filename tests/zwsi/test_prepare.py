@@ -67,6 +67,7 @@ def test_manifest_links_slide_report_patient_fields_and_splits_by_patient(prepar
 
 def test_tissue_windows_hold_the_vae_latents_of_the_slide_and_the_rest_blank_glass(prepared: Path) -> None:
     from slide_io import WindowStore, open_slide
+    from zwsi.generate.pipeline import background_latents
     from zwsi.planner import PlanConfig, plan_slide
     from zwsi.vae import VAE
 
@@ -78,7 +79,8 @@ def test_tissue_windows_hold_the_vae_latents_of_the_slide_and_the_rest_blank_gla
     plan = plan_slide(entry["height_um"], entry["width_um"], 4.0, seed=0, coarsest_mpp=16.0, config=PlanConfig(**m["plan"]))
     assert [lv.mpp for lv in plan.levels] == [4.0, 16.0] and plan.levels[0].grid == (6, 5)
     n = plan.config.window_latents
-    white = vae.encode(np.full((n * 8, n * 8, 3), 255, np.uint8)).numpy()
+    white = background_latents(vae, plan.config)  # blank glass: the VAE's latent at a blank window's centre
+    assert np.array_equal(white[:, 2, 2], vae.encode(np.full((n * 8, n * 8, 3), 255, np.uint8)).numpy()[:, n // 2, n // 2])
     with open_slide(shared_file("wsi/CMU-1-Small-Region.svs")) as slide:
         for lv in plan.levels:
             assert store.done(lv.index).all()

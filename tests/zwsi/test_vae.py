@@ -191,3 +191,26 @@ def test_rejects_bad_inputs(vae: VAE) -> None:
         vae.encode(np.zeros((32, 32, 4), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"latents must be .* with C = 16, got \(4, 8, 8\)"):
         vae.decode(torch.zeros(4, 8, 8))
+
+
+def test_iter_tiled_batches_a_tile_row_and_computes_repeated_tiles_once() -> None:
+    """A canvas of one repeated latent pattern (blank glass) costs one call per distinct tile; the result is exact."""
+    from zwsi.vae import iter_tiled
+
+    calls: list[int] = []
+
+    def fn(t: torch.Tensor) -> torch.Tensor:  # a local function: a per-tile-exact result is fn of the canvas
+        calls.append(t.shape[0])
+        return t * 2.0 + 1.0
+
+    blank = torch.ones(1, 4, 40, 70) * torch.arange(4.0)[None, :, None, None]  # (1, 4, 40, 70): uniform per channel
+    bands = [b for _, b in iter_tiled(lambda r, c: blank[:, :, r[0]:r[1], c[0]:c[1]], (40, 70), fn, tile=16, overlap=2)]
+    torch.testing.assert_close(torch.cat(bands, dim=2), blank * 2.0 + 1.0, rtol=1e-6, atol=1e-6)
+    assert calls == [1]  # 3 x 5 identical tiles: one call
+
+    calls.clear()
+    tissue = torch.randn(1, 4, 40, 70, generator=torch.Generator().manual_seed(0))
+    bands = [b for _, b in iter_tiled(lambda r, c: tissue[:, :, r[0]:r[1], c[0]:c[1]], (40, 70), fn, tile=16, overlap=2,
+                                      batch_tiles=4)]
+    torch.testing.assert_close(torch.cat(bands, dim=2), tissue * 2.0 + 1.0, rtol=1e-5, atol=1e-5)
+    assert calls == [4, 1] * 3  # per tile row: 5 distinct tiles in chunks of 4 and 1

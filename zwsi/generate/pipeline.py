@@ -10,7 +10,7 @@ The loop (one slide)::
 2. `planner.plan_slide` lays out the magnification ladder; levels are generated coarsest first.
 3. Per level: the coarsest level's windows are all generated; below it, only windows whose parent level shows
    tissue (`planner.tissue_windows` on a tissue mask of the parent's decoded pixels) — the others are filled with
-   the background latents (`background_latents`: the VAE encoding of a blank white window) without a model call.
+   the background latents (`background_latents`: the VAE's latent of blank glass, repeated) without a model call.
 4. Per phase A..D (one barrier each): each process takes ``phase_batches(rank, world)``, builds every window's
    `SequenceSample` (report, earlier-phase neighbour strips, parent overview; `planner.build_sample`), starts from
    the window's own seeded noise and samples it (`sampling.sample` over `sequence_denoiser`), then writes the
@@ -569,11 +569,19 @@ def _is_packaged_minilm(encoder: Any) -> bool:
 
 
 def background_latents(vae: Any, config: PlanConfig) -> np.ndarray:
-    """Latents ``(C, n, n)`` of one blank window (`BACKGROUND_RGB`): what windows without tissue are filled with."""
-    n_px = config.window_latents * config.vae_factor
+    """Latents ``(C, n, n)`` of blank glass (`BACKGROUND_RGB`): what windows without tissue are filled with.
+
+    One latent vector, repeated: the VAE's encoding at the centre of a blank window (away from the zero padding at
+    its border). Uniform latents decode to uniform glass with no window grid showing, and the VAE decodes the
+    identical tiles of a blank area once (`zwsi.vae.iter_tiled` reuses outputs of identical tiles).
+    """
+    n = config.window_latents
+    n_px = n * config.vae_factor
     blank = np.empty((n_px, n_px, 3), np.uint8)
     blank[:] = BACKGROUND_RGB
-    return vae.encode(blank).float().cpu().numpy()
+    z = vae.encode(blank).float().cpu().numpy()  # (C, n, n)
+    centre = z[:, n // 2, n // 2]  # (C,)
+    return np.ascontiguousarray(np.broadcast_to(centre[:, None, None], z.shape))
 
 
 MAX_MASK_PIXELS = 4_000_000
