@@ -401,3 +401,27 @@ def test_streamed_decode_weights_equal_the_dense_blend_weights() -> None:
         for k, (start, stop) in enumerate(spans):
             assert np.array_equal(dense[k, start:stop], per_span[k])
             assert dense[k, :start].sum() == 0 and dense[k, stop:].sum() == 0
+
+
+def test_background_windows_are_painted_blank_glass(tiny: SlideGenerator, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows the parent level shows no tissue in come out exactly BACKGROUND_RGB; the tissue window does not."""
+    import zwsi.generate.pipeline as pipeline
+
+    real, kept = pipeline.tissue_windows, {}
+
+    def first_only(plan, level, *args, **kwargs):  # the planner's decision, cut to one tissue window per level
+        kept[level] = real(plan, level, *args, **kwargs)[:1]
+        return kept[level]
+
+    monkeypatch.setattr(pipeline, "tissue_windows", first_only)
+    out = tmp_path / "g.tiff"
+    result = with_config(tiny, compression="deflate").generate(REPORT, seed=3, steps=1, out=out, progress=False, **SMALL)
+    assert result.model_windows[0] == 1 and result.background_windows[0] == 5
+    level0 = read_level(out, 0)  # (125, 190, 3)
+    n_px = result.plan.config.window_latents * result.plan.config.vae_factor
+    w = kept[0][0]
+    painted = np.ones(level0.shape[:2], bool)
+    painted[w.row * n_px : (w.row + 1) * n_px, w.col * n_px : (w.col + 1) * n_px] = False
+    assert (level0[painted] == pipeline.BACKGROUND_RGB).all()
+    assert level0[~painted].std() > 1  # the generated window is an image, not glass

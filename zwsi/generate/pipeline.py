@@ -546,17 +546,40 @@ class SlideGenerator:
             cfg, info = self.config, plan.level(level)
             h, w = info.slide_pixels
             pixels.create_level(level, (h, w), mpp=info.mpp, grid=(h, w))
+            glass = self._glass_boxes(plan, level, latents)
             bands = self.vae.iter_decode(lambda r, c: latents.read(level, r, c), info.latent_shape,
                                          tile=cfg.vae_tile, overlap=cfg.vae_overlap)
             total = len(tile_spans(info.latent_shape[0], cfg.vae_tile, cfg.vae_overlap))
             for y0, band in tqdm(bands, total=total, desc=f"decode level {level}", unit="band",
                                  disable=not progress, leave=False):
                 if y0 < h:
-                    pixels.write_window(level, y0, 0, np.ascontiguousarray(band[: h - y0, :w]))
+                    band = np.ascontiguousarray(band[: h - y0, :w])  # (rows, w, 3) uint8
+                    for (r0, r1), (c0, c1) in glass:  # background windows are blank glass, whatever the VAE makes
+                        if r0 < y0 + band.shape[0] and r1 > y0:
+                            band[max(r0 - y0, 0) : r1 - y0, c0:c1] = BACKGROUND_RGB
+                    pixels.write_window(level, y0, 0, band)
                 del band  # one band in memory: drop it before the next is decoded
             pixels.update_attrs(decoded_levels=sorted({*decoded, level}))
         if level > 0:
             group.barrier()  # the next level's tissue mask reads these pixels
+
+
+    def _glass_boxes(self, plan: SlidePlan, level: int, latents: WindowStore) -> list[tuple[tuple[int, int], ...]]:
+        """Pixel boxes ``((y0, y1), (x0, x1))`` of the level's background windows: those whose stored latents are
+        exactly the background fill. They are painted `BACKGROUND_RGB` after decoding: a VAE decodes a uniform
+        latent field poorly (GroupNorm sees no variance), and glass is glass."""
+        cfg, f = plan.config, plan.config.vae_factor
+        h, w = plan.level(level).slide_pixels
+        rows, cols = plan.level(level).latent_shape
+        fill = background_latents(self.vae, cfg)  # (C, n, n)
+        boxes = []
+        for win in plan.windows(level):
+            (r0, r1), (c0, c1) = win.latent_box(cfg)
+            r1, c1 = min(r1, rows), min(c1, cols)
+            z = latents.read(level, (r0, r1), (c0, c1))
+            if np.array_equal(z, fill[:, : r1 - r0, : c1 - c0].astype(z.dtype)):
+                boxes.append(((r0 * f, min(r1 * f, h)), (c0 * f, min(c1 * f, w))))
+        return boxes
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
