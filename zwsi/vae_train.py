@@ -65,8 +65,12 @@ class ModelSection:
     norm_num_groups: int = 32
     mid_block_add_attention: bool = False
     init_logvar: float = -6.0  # initial posterior log-variance (encoder conv_out bias of the logvar half)
+    init: str | None = None  # a VAE folder (config.json + safetensors) of this shape to start from
+    train_encoder: bool = True  # False: the encoder (so the latent space and its scaling) stays exactly the init's
 
     def __post_init__(self) -> None:
+        if not self.train_encoder and self.init is None:
+            raise ValueError("model.train_encoder = false needs model.init (the VAE whose encoder is kept)")
         if len(self.block_out_channels) != 4:
             raise ValueError(f"model.block_out_channels needs 4 entries (spatial factor 8), "
                              f"got {self.block_out_channels}")
@@ -549,16 +553,23 @@ class VAETrainer:
         torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.model = build_autoencoder(cfg.model).train()
-        with torch.no_grad():
-            # Start with a small posterior noise (std exp(init_logvar / 2)) instead of diffusers' std ~1: with a tiny
-            # KL weight the encoder would otherwise spend thousands of Adam steps (~lr per step on this bias) only
-            # shrinking the noise the decoder sees.
-            self.model.encoder.conv_out.bias[cfg.model.latent_channels :].fill_(cfg.model.init_logvar)
+        self.init_scaling: tuple[float, float] | None = None
+        if cfg.model.init is not None:
+            self.init_scaling = self._load_init(Path(cfg.model.init))
+        else:
+            with torch.no_grad():
+                # Start with a small posterior noise (std exp(init_logvar / 2)) instead of diffusers' std ~1: with a
+                # tiny KL weight the encoder would otherwise spend thousands of Adam steps (~lr per step on this bias)
+                # only shrinking the noise the decoder sees.
+                self.model.encoder.conv_out.bias[cfg.model.latent_channels :].fill_(cfg.model.init_logvar)
+        if not cfg.model.train_encoder:
+            self.model.encoder.requires_grad_(False)  # the latents a transformer was trained on stay valid
         self.ema = build_autoencoder(cfg.model).eval().requires_grad_(False) if cfg.ema.enabled else None
         if self.ema is not None:
             self.ema.load_state_dict(self.model.state_dict())
         self.loss_fn = VAELoss(cfg.loss)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas,
                                      weight_decay=cfg.optim.weight_decay)
         self.sampler = CropSampler(cfg.data, seed=cfg.seed, val_crops=cfg.validation.crops_per_mpp)
         self.val_sets = self.sampler.validation_sets()
@@ -570,6 +581,26 @@ class VAETrainer:
             if ckpt is None:
                 raise FileNotFoundError(f"--resume: no checkpoint in {self.out / CHECKPOINT_DIR}")
             self._load(ckpt)
+
+    def _load_init(self, folder: Path) -> tuple[float, float]:
+        """Load ``model.init`` into the fresh model; returns its (scaling_factor, shift_factor)."""
+        from safetensors.torch import load_file
+
+        config_file = folder / "config.json"
+        weights = sorted(folder.glob("*.safetensors"))
+        if not config_file.is_file() or not weights:
+            raise FileNotFoundError(f"model.init {folder} is not a VAE folder (config.json + *.safetensors)")
+        state = {k: v.float() for k, v in load_file(weights[0]).items()}
+        own = self.model.state_dict()
+        missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(own.keys() & state.keys())
+                  if state[k].shape != own[k].shape]
+        if missing or unexpected or shapes:
+            raise ValueError(f"model.init {folder} does not fit model (the model section must describe the same "
+                             f"AutoencoderKL): missing {missing[:5]}, unexpected {unexpected[:5]}, shapes {shapes[:3]}")
+        self.model.load_state_dict(state)
+        config = json.loads(config_file.read_text())
+        return float(config["scaling_factor"]), float(config.get("shift_factor") or 0.0)
 
     def _load(self, ckpt: Path) -> None:
         from safetensors.torch import load_file
@@ -706,6 +737,9 @@ class VAETrainer:
     def _finish(self) -> VAETrainResult:
         model = self._eval_model().eval()
         mean, std = self.latent_stats(model)
+        if not self.cfg.model.train_encoder and self.init_scaling is not None:
+            # the encoder is the init's: keep its latent scaling exactly, so latents prepared with it stay valid
+            std, mean = 1.0 / self.init_scaling[0], self.init_scaling[1]
         export = build_autoencoder(self.cfg.model)
         export.load_state_dict(model.state_dict())
         export.register_to_config(scaling_factor=round(1.0 / std, 6), shift_factor=round(mean, 6))

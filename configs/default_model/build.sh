@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the built-in default model (zwsi/default_model) from scratch with the project's own commands, on the
-# bundled CC0 slide CMU-1-Small-Region.svs. CPU: ~1.5 h on 2 cores (VAE ~40 min, prepare ~2 min, transformer
-# ~45 min). Every step resumes: rerun the script after an interruption.
+# bundled CC0 slide CMU-1-Small-Region.svs. CPU: ~1.7 h on 2 cores (VAE ~40 + 10 min, prepare ~2 min,
+# transformer ~45 min). Every step resumes: rerun the script after an interruption.
 #
 #   bash configs/default_model/build.sh            # from the repository root, in the project's virtualenv
 #   RUN=runs/my-default bash configs/default_model/build.sh
@@ -18,6 +18,14 @@ if [ ! -f "$RUN/vae/vae/config.json" ]; then
   resume=""
   if ls -d "$RUN"/vae/checkpoints/step_* >/dev/null 2>&1; then resume="--resume"; fi
   $ZWSI train-vae --config configs/vae/small.yaml --slide "$SLIDE" --out "$RUN/vae" --no-progress $resume
+fi
+
+# 1b. the decoder alone on every crop, tissue/glass edges included; the encoder (so the latents) stays stage 1's
+if [ ! -f "$RUN/vae-decoder/vae/config.json" ]; then
+  resume=""
+  if ls -d "$RUN"/vae-decoder/checkpoints/step_* >/dev/null 2>&1; then resume="--resume"; fi
+  $ZWSI train-vae --config configs/vae/small-decoder.yaml --init "$RUN/vae/vae" --slide "$SLIDE" \
+    --out "$RUN/vae-decoder" --no-progress $resume
 fi
 
 # 2. the dataset: the slide's tissue windows on the 8 -> 2 -> 0.5 µm/px ladder, 16-token windows of the patch-4
@@ -37,7 +45,7 @@ fi
 
 # 4. the pipeline folder, then into the package
 rm -rf "$RUN/model"
-$ZWSI train export --transformer "$RUN/train/final/ema-transformer" --vae "$RUN/vae/vae" \
+$ZWSI train export --transformer "$RUN/train/final/ema-transformer" --vae "$RUN/vae-decoder/vae" \
   --generate-config configs/generate/zwsi-small.yaml --shift 3.0 --out "$RUN/model"
 for part in transformer vae text_encoder scheduler; do
   rm -rf "zwsi/default_model/$part"

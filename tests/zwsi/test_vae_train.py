@@ -173,3 +173,29 @@ def test_cli_train_vae_errors_and_eval(trained, capsys: pytest.CaptureFixture[st
     assert "TCGA-3X-AAVA-01Z-00-DX1__0_0_0_506.jpg" in out and out.count("mean") == 2
     assert main(["train-vae", "eval", str(result.vae_dir), "no/such.png"]) == 2
     assert "image no/such.png does not exist" in capsys.readouterr().err
+
+
+def test_decoder_only_fine_tune_keeps_the_encoder_and_latent_scaling_exactly(trained, tmp_path: Path) -> None:
+    """Stage 2 of the default VAE: model.init + train_encoder false change the decoder only, so latents a
+    transformer was trained on (and their scaling) stay valid."""
+    from safetensors.torch import load_file
+
+    cfg, result = trained
+    init = result.vae_dir
+    stage2 = tiny_config(shared_file(SLIDE), model={"init": str(init), "train_encoder": False},
+                         data={"min_tissue": 0.0}, budget={"max_steps": 5}, optim={"lr": 1.0e-3, "warmup_steps": 1})
+    second = VAETrainer(stage2, tmp_path / "stage2", progress=False).fit()
+    before = load_file(init / "diffusion_pytorch_model.safetensors")
+    after = load_file(second.vae_dir / "diffusion_pytorch_model.safetensors")
+    assert after.keys() == before.keys()
+    encoder = [k for k in before if k.startswith("encoder.")]
+    decoder = [k for k in before if k.startswith("decoder.")]
+    assert encoder and all(torch.equal(after[k], before[k]) for k in encoder)
+    assert sum(not torch.equal(after[k], before[k]) for k in decoder) > len(decoder) // 2
+    for key in ("scaling_factor", "shift_factor"):
+        assert second.metrics[key] == result.metrics[key]
+    with pytest.raises(ValueError, match="model.train_encoder = false needs model.init"):
+        tiny_config(shared_file(SLIDE), model={"train_encoder": False})
+    wrong = tiny_config(shared_file(SLIDE), model={"init": str(init), "latent_channels": 8})
+    with pytest.raises(ValueError, match="does not fit model"):
+        VAETrainer(wrong, tmp_path / "wrong", progress=False).fit()

@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--max-steps", type=int, default=None, help="override budget.max_steps")
     p.add_argument("--slide", type=str, default=None, help="override data.slide (the training slide)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for log files)")
+    p.add_argument("--init", default=None, help="override model.init (a VAE folder to start from)")
     p.set_defaults(func=run_train_vae)
     sub = p.add_subparsers(dest="train_vae_command", metavar="SUBCOMMAND")
     e = sub.add_parser("eval", help="PSNR/SSIM of a VAE's reconstructions of image files (or folders of them)")
@@ -56,6 +57,8 @@ def run_train_vae(args: argparse.Namespace) -> int:
         overrides["budget"] = {"max_steps": args.max_steps}
     if args.slide is not None:
         overrides["data"] = {"slide": args.slide}
+    if args.init is not None:
+        overrides["model"] = {"init": args.init}
     try:
         config = load_vae_train_config(args.config, overrides)
         result = VAETrainer(config, args.out, resume=args.resume, progress=not args.no_progress).fit()
