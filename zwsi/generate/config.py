@@ -57,6 +57,8 @@ class GenerateConfig:
         phi_policy: what to do with report text that likely holds PHI: "refuse", "redact" or "allow".
         dtype: transformer dtype.
         device: "cpu", "cuda", "cuda:1"...; None picks the process's accelerator (accelerate) or the CPU.
+        glass_cleanup: after decoding, blend pale unsaturated pixels (glass) toward the blank background
+            (`zwsi.generate.glass.clean_glass`); for VAEs that render glass grey or striped (the default model's).
     """
 
     window_tokens: int = 64
@@ -82,6 +84,7 @@ class GenerateConfig:
     phi_policy: str = "refuse"
     dtype: str = "bf16"
     device: str | None = None
+    glass_cleanup: bool = False
 
     def __post_init__(self) -> None:
         positive = ("window_tokens", "factor", "batch_size", "steps", "vae_tile", "tile_size")
@@ -163,7 +166,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The built-in default model (zwsi-small, patch 4) on CPU: 16-token (512 px) windows with 2-token strips, decoded
     # in 16-latent (128 px) tiles = the small VAE's training crop, so its GroupNorm statistics match.
     "zwsi-small": dict(window_tokens=16, context_tokens=2, overview_margin=2, batch_size=8, vae_tile=16,
-                       vae_overlap=2, dtype="fp32"),
+                       vae_overlap=2, dtype="fp32", glass_cleanup=True),
     # The tiny random pipeline on CPU (tests, benchmarks): 4-token (64 px) windows, fp32.
     "tiny": dict(window_tokens=4, context_tokens=1, overview_margin=1, batch_size=4, vae_tile=32, vae_overlap=8,
                  dtype="fp32"),

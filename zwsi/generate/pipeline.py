@@ -44,6 +44,7 @@ from zwsi.generate.config import MODEL_CONFIG_NAME, GenerateConfig, load_generat
 from zwsi.default_model import NAME as DEFAULT_MODEL_NAME
 from zwsi.default_model import default_model_folder
 from zwsi.generate.distributed import ProcessGroup, StoreLock, process_group
+from zwsi.generate.glass import clean_glass
 from zwsi.planner import PlanConfig, SlidePlan, Window, build_sample, phase_batches, plan_slide, tissue_windows
 from zwsi.planner import window_noise
 
@@ -554,6 +555,8 @@ class SlideGenerator:
                                  disable=not progress, leave=False):
                 if y0 < h:
                     band = np.ascontiguousarray(band[: h - y0, :w])  # (rows, w, 3) uint8
+                    if cfg.glass_cleanup:
+                        band = clean_glass(band, BACKGROUND_RGB)
                     for (r0, r1), (c0, c1) in glass:  # background windows are blank glass, whatever the VAE makes
                         if r0 < y0 + band.shape[0] and r1 > y0:
                             band[max(r0 - y0, 0) : r1 - y0, c0:c1] = BACKGROUND_RGB
