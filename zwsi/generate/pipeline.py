@@ -134,6 +134,7 @@ class SlideGenerator:
     ) -> None:
         self.transformer = transformer
         self.vae = vae
+        self._background_cache: dict[PlanConfig, np.ndarray] = {}
         self.text_encoder = text_encoder
         self.config = config or GenerateConfig()
         self.shift = float(self.config.shift if self.config.shift is not None else shift)
@@ -479,7 +480,7 @@ class SlideGenerator:
         stats["resumed"][level] = int(done.sum())
         stats["background"][level] = len(background)
         if background:
-            fill = background_latents(self.vae, plan.config)  # (C, n, n)
+            fill = self._background(plan.config)  # (C, n, n)
             for w in background[group.rank :: group.world_size]:
                 with lock():
                     latents.write_window(level, w.row * n, w.col * n, fill)
@@ -567,6 +568,13 @@ class SlideGenerator:
             group.barrier()  # the next level's tissue mask reads these pixels
 
 
+    def _background(self, config: PlanConfig) -> np.ndarray:
+        """`background_latents` of this VAE and geometry, encoded once (each level fills with it and then finds its
+        background windows by it)."""
+        if config not in self._background_cache:
+            self._background_cache[config] = background_latents(self.vae, config)
+        return self._background_cache[config]
+
     def _glass_boxes(self, plan: SlidePlan, level: int, latents: WindowStore) -> list[tuple[tuple[int, int], ...]]:
         """Pixel boxes ``((y0, y1), (x0, x1))`` of the level's background windows: those whose stored latents are
         exactly the background fill. They are painted `BACKGROUND_RGB` after decoding: a VAE decodes a uniform
@@ -574,7 +582,7 @@ class SlideGenerator:
         cfg, f = plan.config, plan.config.vae_factor
         h, w = plan.level(level).slide_pixels
         rows, cols = plan.level(level).latent_shape
-        fill = background_latents(self.vae, cfg)  # (C, n, n)
+        fill = self._background(cfg)  # (C, n, n)
         boxes = []
         for win in plan.windows(level):
             (r0, r1), (c0, c1) = win.latent_box(cfg)
