@@ -32,6 +32,10 @@ Denoiser = Callable[[Latents, Tensor], Latents]
 """``model(x_sigma, t) -> prediction of x0 - eps``, with ``t = 1 - sigma`` of shape ``(B,)``."""
 
 SIGMA_METHODS = ("uniform", "logit-normal")
+PREDICTIONS = ("velocity", "sample")
+"""What a model outputs: ``"velocity"`` = ``x0 - eps`` (Z-Image), or ``"sample"`` = ``x0`` itself (see `as_velocity`)."""
+MIN_SIGMA = 0.05
+"""Smallest sigma a ``"sample"`` prediction is divided by when it is turned into a velocity (JiT's clip)."""
 
 
 def model_time(sigma: Tensor) -> Tensor:
@@ -76,6 +80,38 @@ def velocity(x0: Latents, eps: Latents) -> Latents:
     if isinstance(x0, list):
         return [a - e for a, e in zip(x0, eps)]
     return x0 - eps
+
+
+def as_velocity(model: Denoiser, prediction: str = "velocity", *, min_sigma: float = MIN_SIGMA) -> Denoiser:
+    """The model as a velocity denoiser, whatever it predicts; training and sampling both go through it.
+
+    ``"velocity"``: the model already predicts ``x0 - eps`` (Z-Image); it is returned unchanged.
+    ``"sample"``: the model predicts the clean latents ``x0``, and its velocity is
+    ``(x0_hat - x_sigma) / max(sigma, min_sigma)``. This is JiT's x-prediction (Li & He, "Back to Basics: Let
+    Denoising Generative Models Denoise", 2025): clean latents lie near a low-dimensional manifold, so a network
+    whose width is below a patch's dimension (the built-in model: 128-wide tokens for 4 x 4 x 16 = 256 patch
+    values) can still predict them, while it cannot carry full-dimensional noise through to predict ``x0 - eps``.
+    Trained with the velocity loss (`flow_loss`) and sampled with Euler steps, which then land on ``x0_hat`` at
+    sigma = 0.
+
+    Raises:
+        ValueError: an unknown prediction or a min_sigma outside (0, 1].
+    """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction = {prediction!r}, which has to be one of {list(PREDICTIONS)}")
+    if not 0.0 < min_sigma <= 1.0:
+        raise ValueError(f"min_sigma must be in (0, 1], got {min_sigma}")
+    if prediction == "velocity":
+        return model
+
+    def velocity_of_sample(x: Latents, t: Tensor) -> Latents:
+        x0_hat = model(x, t)
+        sigma = (1.0 - t.float()).clamp(min=min_sigma)  # (B,)
+        if isinstance(x, list):
+            return [(p.float() - xi.float()) / s for p, xi, s in zip(x0_hat, x, sigma.tolist())]
+        return (x0_hat.float() - x.float()) / _per_sample(sigma, x0_hat.float())
+
+    return velocity_of_sample
 
 
 def euler_step(x: Tensor, prediction: Tensor, sigma: float, sigma_next: float) -> Tensor:

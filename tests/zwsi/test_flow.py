@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zwsi.flow import add_noise, euler_step, flow_loss, model_time, sample_sigmas, shift_sigmas, velocity
+from zwsi.flow import (
+    add_noise,
+    as_velocity,
+    euler_step,
+    flow_loss,
+    model_time,
+    sample_sigmas,
+    shift_sigmas,
+    velocity,
+)
+from zwsi.sampling import sample
 
 
 def _pair(seed: int = 0, shape: tuple[int, ...] = (3, 16, 1, 4, 4)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,3 +115,38 @@ def test_sample_sigmas_distributions() -> None:
 def test_sample_sigmas_rejects_unknown_method() -> None:
     with pytest.raises(ValueError, match=r"method = 'cosine', which has to be one of \['uniform', 'logit-normal'\]"):
         sample_sigmas(4, method="cosine")
+
+
+# ---- x-prediction (JiT): the model outputs x0, training and sampling see a velocity ---------------------------
+def test_sample_prediction_velocity_is_hand_computed_and_clipped_at_min_sigma() -> None:
+    x0_hat = torch.tensor([[1.0], [1.0]])
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x0_hat
+
+    v = as_velocity(model, "sample")(torch.tensor([[2.0], [2.0]]), torch.tensor([0.5, 0.99]))
+    # sigma 0.5: (1 - 2) / 0.5 = -2; sigma 0.01 is clipped to 0.05: (1 - 2) / 0.05 = -20
+    assert torch.allclose(v, torch.tensor([[-2.0], [-20.0]]))
+    assert as_velocity(model, "velocity") is model
+
+
+def test_sample_prediction_of_the_oracle_gives_zero_loss_and_sampling_lands_on_x0() -> None:
+    g = torch.Generator().manual_seed(0)
+    x0 = [torch.randn(4, 1, 6, 6, generator=g), torch.randn(4, 1, 2, 8, generator=g)]
+    eps = [torch.randn(x.shape, generator=g) for x in x0]
+    sigma = torch.tensor([0.3, 0.8])
+
+    def oracle(x: list[torch.Tensor], t: torch.Tensor) -> list[torch.Tensor]:
+        return [a.clone() for a in x0]
+
+    assert flow_loss(as_velocity(oracle, "sample"), x0, sigma, eps=eps).item() < 1e-10
+    out = sample(as_velocity(oracle, "sample"), eps, num_steps=8, shift=3.0)
+    for o, a in zip(out, x0):
+        assert torch.allclose(o, a, atol=1e-5)
+
+
+def test_as_velocity_rejects_unknown_prediction_and_bad_min_sigma() -> None:
+    with pytest.raises(ValueError, match=r"prediction = 'epsilon'.*\['velocity', 'sample'\]"):
+        as_velocity(lambda x, t: x, "epsilon")
+    with pytest.raises(ValueError, match="min_sigma must be in"):
+        as_velocity(lambda x, t: x, "sample", min_sigma=0.0)

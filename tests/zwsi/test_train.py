@@ -119,7 +119,7 @@ def test_lora_trains_only_adapters_and_the_merged_checkpoint_equals_base_plus_ad
     # 2 main + 1 + 1 refiner blocks, each 4 attention projections (64->64) and w1, w3 (64->170), w2 (170->64)
     per_block = 4 * 4 * (64 + 64) + 2 * 4 * (64 + 170) + 4 * (170 + 64)
     assert counts["trainable"] == counts["lora"] == 4 * per_block
-    base = build_model(cfg.model, seed=cfg.seed)
+    base = build_model(cfg.model, seed=cfg.seed, initialize=False)  # LoRA's base: PyTorch's draws
     trained = dict(trainer.unwrapped.named_parameters())
     for name, p in base.named_parameters():  # the base is untouched (peft moves targeted weights under base_layer)
         head, _, leaf = name.rpartition(".")
@@ -271,7 +271,7 @@ def test_a_frozen_group_does_not_move_and_the_rest_does(dataset: Path, tmp_path:
                  data={"report_drop": 0.0})
     trainer = Trainer(cfg, out=tmp_path / group, dataset=dataset)
     result = trainer.fit()
-    before = dict(build_model(cfg.model, seed=cfg.seed).named_parameters())
+    before = dict(build_model(cfg.model, seed=cfg.seed, initialize=False).named_parameters())  # frozen: no DiT init
     after = dict(trainer.unwrapped.named_parameters())
     frozen = {n for n in before if n.split(".")[0] in FREEZE_GROUPS[group]}
     assert frozen and result.trainable["trainable"] == sum(p.numel() for n, p in before.items() if n not in frozen)

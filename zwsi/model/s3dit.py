@@ -204,6 +204,26 @@ class S3DiT(nn.Module):
         self.cap_pad_token = nn.Parameter(torch.zeros(1, cfg.dim))
         self.layers = nn.ModuleList([S3DiTBlock(cfg, modulation=True) for _ in range(cfg.n_layers)])
 
+    def initialize_weights(self) -> None:
+        """From-scratch initialisation as DiT's: xavier-uniform linears with zero bias, the timestep MLP normal(0.02),
+        adaLN-Zero (every modulation projection and the final layer's start at zero, so each block starts as the
+        identity on the residual stream and the first prediction is 0). Only for a model built without weights: a
+        loaded checkpoint (Z-Image, a fine-tune) is never re-initialised."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for linear in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(linear.weight, std=0.02)
+        for block in [*self.noise_refiner, *self.layers]:
+            nn.init.zeros_(block.adaLN_modulation[0].weight)
+            nn.init.zeros_(block.adaLN_modulation[0].bias)
+        for final in self.all_final_layer.values():
+            for linear in (final.adaLN_modulation[1], final.linear):
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
+
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them."""
         self.gradient_checkpointing = enabled

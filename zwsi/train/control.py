@@ -33,8 +33,13 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def build_model(config: ModelConfig, *, seed: int = 0) -> S3DiT:
-    """The starting transformer: a checkpoint (`load_transformer`) or a preset with seeded random weights."""
+def build_model(config: ModelConfig, *, seed: int = 0, initialize: bool = True) -> S3DiT:
+    """The starting transformer: a checkpoint (`load_transformer`) or a preset with seeded random weights.
+
+    A preset trained from scratch starts from DiT's initialisation (`S3DiT.initialize_weights`, adaLN-Zero);
+    ``initialize=False`` keeps PyTorch's default draws instead, a stand-in for pretrained weights when LoRA
+    adapters are trained on a preset (under adaLN-Zero every adapted projection would start gated off).
+    """
     from zwsi.model.checkpoint import load_transformer, resolve_dtype
 
     dtype = resolve_dtype(config.dtype)
@@ -49,7 +54,10 @@ def build_model(config: ModelConfig, *, seed: int = 0) -> S3DiT:
         cfg = S3DiTConfig.from_dict({**PRESETS[config.preset], **config.overrides})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = S3DiT(cfg, attention_backend=config.attention_backend).to(dtype)
+            model = S3DiT(cfg, attention_backend=config.attention_backend)
+            if initialize:  # DiT's adaLN-Zero start; a checkpoint (above) is never re-initialised
+                model.initialize_weights()
+            model = model.to(dtype)
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing(True)
     return model

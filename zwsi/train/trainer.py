@@ -142,7 +142,8 @@ class Trainer:
         )
         acc = self.accelerator
         self.is_fsdp = acc.distributed_type.name == "FSDP"
-        model = build_model(cfg.model, seed=cfg.seed)
+        scratch = cfg.control.policy == "full" and not cfg.control.freeze  # a preset trained whole, from scratch
+        model = build_model(cfg.model, seed=cfg.seed, initialize=scratch)
         if model.config.cap_feat_dim != self.dataset.feature_dim:
             raise ValueError(
                 f"the model's cap_feat_dim {model.config.cap_feat_dim} differs from the dataset's text features "
