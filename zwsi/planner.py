@@ -67,6 +67,9 @@ class PlanConfig:
         patch_size: latents per token side (Z-Image: 2).
         vae_factor: pixels per latent side (FLUX VAE: 8).
         latent_channels: channels of the latents (16).
+        overlap_tokens: tokens the target extends beyond the window on each side (inside the canvas): the part
+            over already generated neighbours (and known background) is re-imposed at every sampling step and
+            cross-faded when the level is finished (`zwsi.generate.overlap`); 0 = windows written whole.
     """
 
     window_tokens: int = 64
@@ -76,6 +79,7 @@ class PlanConfig:
     patch_size: int = 2
     vae_factor: int = 8
     latent_channels: int = 16
+    overlap_tokens: int = 0
 
     def __post_init__(self) -> None:
         for name in ("window_tokens", "factor", "patch_size", "vae_factor", "latent_channels"):
@@ -89,6 +93,11 @@ class PlanConfig:
             )
         if self.overview_margin < 0:
             raise ValueError(f"overview_margin must be >= 0, got {self.overview_margin}")
+        # same-phase windows are two windows apart: their overlaps and strips then never touch (order-free phases)
+        if not 0 <= self.overlap_tokens <= self.window_tokens // 2 or self.overlap_tokens + self.context_tokens > self.window_tokens:
+            raise ValueError(f"overlap_tokens must be in [0, window_tokens/2 = {self.window_tokens // 2}] with "
+                             f"overlap_tokens + context_tokens <= window_tokens = {self.window_tokens}, got "
+                             f"overlap_tokens={self.overlap_tokens}, context_tokens={self.context_tokens}")
 
     @property
     def token_px(self) -> int:
@@ -255,14 +264,27 @@ def phase_offsets(phase: int) -> list[tuple[int, int]]:
     return [(dr, dc) for dr, dc in NEIGHBOUR_OFFSETS if phase_of(r + dr, c + dc) < phase]
 
 
-def neighbours(plan: SlidePlan, window: Window, *, phase: int | None = None) -> list[tuple[int, int]]:
-    """Offsets of the neighbours a window sees: :func:`phase_offsets` of its phase, inside the grid.
+Known = Callable[[int, int], bool]
+"""``known(row, col)``: whether a window of the level is known before any phase (background, filled with glass)."""
+
+
+def neighbours(
+    plan: SlidePlan, window: Window, *, phase: int | None = None, background: Known | None = None
+) -> list[tuple[int, int]]:
+    """Offsets of the neighbours a window sees, inside the grid, in raster order: those of an earlier phase
+    (:func:`phase_offsets`) and, whatever their phase, those known to be ``background`` (blank glass is filled
+    before any phase, so tissue can be generated to end where the glass begins).
 
     ``phase`` overrides the window's own phase (training draws the four context patterns for any window).
     """
     rows, cols = plan.level(window.level).grid
-    offsets = phase_offsets(window.phase if phase is None else phase)
-    return [(dr, dc) for dr, dc in offsets if 0 <= window.row + dr < rows and 0 <= window.col + dc < cols]
+    earlier = set(phase_offsets(window.phase if phase is None else phase))
+    out = []
+    for dr, dc in NEIGHBOUR_OFFSETS:
+        r, c = window.row + dr, window.col + dc
+        if 0 <= r < rows and 0 <= c < cols and ((dr, dc) in earlier or (background is not None and background(r, c))):
+            out.append((dr, dc))
+    return out
 
 
 def tissue_windows(
@@ -355,17 +377,20 @@ def _strip(n: int, k: int, d: int) -> tuple[int, int]:
     return {-1: (-k, 0), 0: (0, n), 1: (n, n + k)}[d]
 
 
-def context_specs(plan: SlidePlan, window: Window, *, phase: int | None = None) -> list[ContextSpec]:
-    """The clean contexts of a window: neighbour strips (earlier phases, raster order), then the parent overview.
+def context_specs(
+    plan: SlidePlan, window: Window, *, phase: int | None = None, background: Known | None = None
+) -> list[ContextSpec]:
+    """The clean contexts of a window: neighbour strips (earlier phases and known background, raster order), then
+    the parent overview.
 
-    ``phase`` overrides the window's own phase, as in :func:`neighbours`.
+    ``phase`` and ``background`` as in :func:`neighbours`.
     """
     cfg, p = plan.config, plan.config.patch_size
     n, k = cfg.window_tokens, cfg.context_tokens
     oy, ox = window.row * n, window.col * n  # target origin in level tokens
     specs = []
     if k > 0:
-        for dr, dc in neighbours(plan, window, phase=phase):
+        for dr, dc in neighbours(plan, window, phase=phase, background=background):
             (h0, h1), (w0, w1) = _strip(n, k, dr), _strip(n, k, dc)
             rows, cols = ((oy + h0) * p, (oy + h1) * p), ((ox + w0) * p, (ox + w1) * p)
             specs.append(ContextSpec("neighbour", window.level, rows, cols, 0, float(h0), float(w0), 1.0, (dr, dc)))
@@ -383,12 +408,23 @@ def context_specs(plan: SlidePlan, window: Window, *, phase: int | None = None) 
     return specs
 
 
+def target_box(plan: SlidePlan, window: Window) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((row0, row1), (col0, col1)) latents of the window's target: the window extended by ``overlap_tokens`` on
+    each side, clipped to its level's canvas (the window itself when the overlap is 0)."""
+    cfg = plan.config
+    (r0, r1), (c0, c1) = window.latent_box(cfg)
+    o = cfg.overlap_tokens * cfg.patch_size
+    rows, cols = plan.level(window.level).latent_shape
+    return (max(r0 - o, 0), min(r1 + o, rows)), (max(c0 - o, 0), min(c1 + o, cols))
+
+
 def window_noise(plan: SlidePlan, window: Window) -> Tensor:
-    """The window's starting noise ``(C, 1, n_latents, n_latents)`` float32, from its own seed (CPU generator)."""
+    """The window's starting noise ``(C, 1, h, w)`` float32 over its `target_box`, from its own seed (CPU
+    generator): the same whatever the batch, device or number of processes."""
     from zwsi.sampling import seeded_noise
 
-    n = plan.config.window_latents
-    return seeded_noise([window.seed], (plan.config.latent_channels, 1, n, n))[0]
+    (r0, r1), (c0, c1) = target_box(plan, window)
+    return seeded_noise([window.seed], (plan.config.latent_channels, 1, r1 - r0, c1 - c0))[0]
 
 
 def build_sample(
@@ -408,7 +444,7 @@ def build_sample(
         window: the target window.
         read: reads clean latents of a level (``WindowStore.read``); returns ``(C, h, w)`` array or tensor.
         report: ``(L, cap_feat_dim)`` report features (L = 0 for the empty report of CFG).
-        target: ``(C, 1, n, n)`` noisy latents of the window (e.g. :func:`window_noise`).
+        target: ``(C, 1, h, w)`` noisy latents of the window's `target_box` (e.g. :func:`window_noise`).
         t: the model time of the target (0 = noise); the sampler overwrites it per step.
         specs: the contexts to use (default :func:`context_specs`; pass a subset to drop some, e.g. in training).
     """
@@ -417,9 +453,11 @@ def build_sample(
     from zwsi.model.sequence import ImageSegment, SequenceSample, grid_positions, report_token_count
 
     cfg, p = plan.config, plan.config.patch_size
-    n = cfg.window_latents
-    if tuple(target.shape) != (cfg.latent_channels, 1, n, n):
-        raise ValueError(f"target latents must be ({cfg.latent_channels}, 1, {n}, {n}), got {tuple(target.shape)}")
+    (r0, r1), (c0, c1) = target_box(plan, window)
+    (wr0, _), (wc0, _) = window.latent_box(cfg)
+    if tuple(target.shape) != (cfg.latent_channels, 1, r1 - r0, c1 - c0):
+        raise ValueError(f"target latents must be ({cfg.latent_channels}, 1, {r1 - r0}, {c1 - c0}) (the window's "
+                         f"target box), got {tuple(target.shape)}")
     t_axis = report_token_count(report.shape[0]) + 1
     contexts = []
     for spec in context_specs(plan, window) if specs is None else specs:
@@ -433,5 +471,6 @@ def build_sample(
             )
         positions = grid_positions(t_axis + spec.depth, n_h, n_w, spec.h0, spec.w0, spec.step)  # (n_h*n_w, 3)
         contexts.append(ImageSegment(latents.to(target.device, target.dtype)[:, None], positions.to(target.device)))
-    target_positions = grid_positions(t_axis, n // p, n // p).to(target.device)  # (n*n/p², 3)
+    h0, w0 = (r0 - wr0) // p, (c0 - wc0) // p  # the overlap sits at negative positions above / left
+    target_positions = grid_positions(t_axis, (r1 - r0) // p, (c1 - c0) // p, h0, w0).to(target.device)  # (N_t, 3)
     return SequenceSample(target=ImageSegment(target, target_positions), t=t, report=report, contexts=contexts)

@@ -14,13 +14,16 @@ Turbo (8 steps, shift 3.0, no CFG)::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from zwsi.flow import Denoiser, Latents, euler_step, shift_sigmas
+
+Imposer = Callable[[list[Tensor], float], list[Tensor]]
+"""``impose(xs, sigma) -> xs``: the batch's latents with their known parts replaced at noise level ``sigma``."""
 
 TURBO_STEPS = 8
 TURBO_SHIFT = 3.0
@@ -93,6 +96,7 @@ def sample(
     uncond_model: Denoiser | None = None,
     cfg_truncation: float = 1.0,
     cfg_normalization: float = 0.0,
+    impose: Imposer | None = None,
     progress: bool = False,
 ) -> Latents:
     """Integrate the flow from noise (sigma = 1) to data (sigma = 0) with Euler steps, in float32.
@@ -108,6 +112,9 @@ def sample(
         cfg_truncation: CFG is switched off (w = 0, no unconditional call) on steps whose model time
             ``t = 1 - sigma`` exceeds this value; 1.0 keeps it on for every step (Z-Image's default).
         cfg_normalization: Z-Image's norm cap r (see :func:`guide`); 0 disables it.
+        impose: ``impose(xs, sigma_next) -> xs`` after every step but the last: puts back what is known at the new
+            noise level (RePaint-style; `zwsi.generate.overlap.KnownLatents`). The last step's output is returned
+            as the model made it, so the caller can cross-fade it into what is known.
         progress: show a tqdm bar over the steps.
 
     Returns:
@@ -140,6 +147,8 @@ def sample(
             neg = _call(uncond_model, x_in, t, batch, device)
             pred = [guide(p, n, w, cfg_normalization) for p, n in zip(pred, neg)]
         xs = [euler_step(x, p, sigma, sigma_next) for x, p in zip(xs, pred)]
+        if impose is not None and sigma_next > 0:
+            xs = impose(xs, sigma_next)
     return xs if is_list else torch.stack(xs)
 
 

@@ -209,7 +209,7 @@ def test_tissue_windows_follow_the_parent_mask(plan) -> None:
 
 def test_build_sample_checks_shapes(plan) -> None:
     w = plan.window(0, 1, 1)
-    with pytest.raises(ValueError, match=r"target latents must be \(16, 1, 16, 16\), got \(16, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"target latents must be \(16, 1, 16, 16\) \(the window.s target box\), got \(16, 16, 16\)"):
         build_sample(plan, w, lambda lv, r, c: None, torch.zeros(3, 32), torch.zeros(16, 16, 16))
     bad_read = r"read\(0, \(12, 16\), \(12, 16\)\) returned \(16, 1, 1\), expected \(16, 4, 4\)"
     with pytest.raises(ValueError, match=bad_read):

@@ -36,6 +36,9 @@ class GenerateConfig:
     Attributes:
         window_tokens: side of a target window in tokens (64 = 1024 px with the FLUX VAE).
         context_tokens: width of a neighbour's border strip in tokens.
+        overlap_tokens: tokens a window's target extends over its neighbours on each side; the part over known
+            latents is re-imposed while sampling and cross-faded when the level is finished
+            (`zwsi.generate.overlap`); 0 writes each window whole (no reconciliation of borders).
         overview_margin: parent tokens around the window's footprint in the overview.
         factor: µm/px ratio between adjacent levels of the ladder.
         coarsest_mpp: the ladder stops before getting coarser than this µm/px.
@@ -63,6 +66,7 @@ class GenerateConfig:
 
     window_tokens: int = 64
     context_tokens: int = 8
+    overlap_tokens: int = 0
     overview_margin: int = 4
     factor: int = 4
     coarsest_mpp: float = 8.0
@@ -99,6 +103,9 @@ class GenerateConfig:
                              f"{self.context_tokens}")
         if self.overview_margin < 0:
             raise ValueError(f"generate config: overview_margin must be >= 0, got {self.overview_margin}")
+        if not isinstance(self.overlap_tokens, int) or not 0 <= self.overlap_tokens <= self.window_tokens // 2:
+            raise ValueError(f"generate config: overlap_tokens must be an integer in [0, window_tokens/2 = "
+                             f"{self.window_tokens // 2}], got {self.overlap_tokens!r}")
         if not 0 <= self.vae_overlap < self.vae_tile:
             raise ValueError(f"generate config: vae_overlap must be in [0, vae_tile={self.vae_tile}), got "
                              f"{self.vae_overlap}")

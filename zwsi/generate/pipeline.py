@@ -45,8 +45,8 @@ from zwsi.default_model import NAME as DEFAULT_MODEL_NAME
 from zwsi.default_model import default_model_folder
 from zwsi.generate.distributed import ProcessGroup, StoreLock, process_group
 from zwsi.generate.glass import clean_glass
-from zwsi.planner import PlanConfig, SlidePlan, Window, build_sample, phase_batches, plan_slide, tissue_windows
-from zwsi.planner import window_noise
+from zwsi.planner import PlanConfig, SlidePlan, Window, build_sample, context_specs, phase_batches, phase_of
+from zwsi.planner import plan_slide, target_box, tissue_windows, window_noise
 
 if TYPE_CHECKING:
     import torch
@@ -116,6 +116,8 @@ class SlideGenerator:
         text_encoder: a `zwsi.text.encoders.TextEncoder` whose feature width is the transformer's cap_feat_dim.
         config: generation settings.
         shift: the schedule shift (``scheduler_config.json``'s, Turbo 3.0).
+        prediction: what the transformer outputs, ``"velocity"`` (Z-Image) or ``"sample"`` (x0, `zwsi.flow.as_velocity`;
+            ``scheduler_config.json``'s ``prediction_type``).
         model_sha256: identity of the weights, recorded in the provenance (default: the SHA-256 of the weights in
             memory, which reads them all; `from_pretrained` passes the folder's `folder_sha256` instead).
         name: a short model name for logs and provenance.
@@ -129,6 +131,7 @@ class SlideGenerator:
         *,
         config: GenerateConfig | None = None,
         shift: float = DEFAULT_SHIFT,
+        prediction: str = "velocity",
         model_sha256: str | None = None,
         name: str = "model",
     ) -> None:
@@ -138,6 +141,11 @@ class SlideGenerator:
         self.text_encoder = text_encoder
         self.config = config or GenerateConfig()
         self.shift = float(self.config.shift if self.config.shift is not None else shift)
+        from zwsi.flow import PREDICTIONS
+
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction = {prediction!r}; expected one of {list(PREDICTIONS)}")
+        self.prediction = prediction
         self.name = name
         mcfg = transformer.config
         if int(mcfg.cap_feat_dim) != int(text_encoder.feature_dim):
@@ -257,19 +265,20 @@ class SlideGenerator:
             encoder = load_text_encoder({"backend": "zimage", "path": str(root), "device": group.device})
         else:
             encoder = load_text_encoder({"backend": "hf", "path": str(root / "text_encoder"), "device": group.device})
-        shift = DEFAULT_SHIFT
+        shift, prediction = DEFAULT_SHIFT, "velocity"
         scheduler = root / SCHEDULER_CONFIG
         if scheduler.is_file():
             sched = json.loads(scheduler.read_text())
             if sched.get("use_dynamic_shifting"):
                 raise ValueError(f"{scheduler}: use_dynamic_shifting is not supported (Z-Image turns it off)")
             shift = float(sched.get("shift", DEFAULT_SHIFT))
+            prediction = str(sched.get("prediction_type", "velocity"))
         else:
             logger.warning("%s has no %s; using shift %s", root, SCHEDULER_CONFIG, DEFAULT_SHIFT)
         model_sha256 = folder_sha256(root)
         if reference.is_file():  # the referenced encoder's weights are part of the model's identity
             model_sha256 = hashlib.sha256(f"{model_sha256}|{encoder.fingerprint()}".encode()).hexdigest()
-        return cls(transformer, vae, encoder, config=cfg, shift=shift, model_sha256=model_sha256,
+        return cls(transformer, vae, encoder, config=cfg, shift=shift, prediction=prediction, model_sha256=model_sha256,
                    name=root.resolve().name)
 
     def save_pretrained(self, folder: str | Path, *, vae_dtype: torch.dtype | None = None) -> Path:
@@ -306,6 +315,8 @@ class SlideGenerator:
             (tmp / "scheduler").mkdir()
             sched = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000,
                      "shift": self.shift, "use_dynamic_shifting": False}
+            if self.prediction != "velocity":  # Z-Image's own folders keep diffusers' keys only
+                sched["prediction_type"] = self.prediction
             (tmp / SCHEDULER_CONFIG).write_text(json.dumps(sched, indent=2) + "\n")
             index = {"_class_name": "ZImagePipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
                      "text_encoder": ["transformers", type(self.text_encoder.model).__name__],
@@ -332,7 +343,7 @@ class SlideGenerator:
     def plan_config(self) -> PlanConfig:
         """The window geometry: the config's, with the model's patch size and the VAE's factor and channels."""
         c = self.config
-        return PlanConfig(window_tokens=c.window_tokens, context_tokens=c.context_tokens,
+        return PlanConfig(window_tokens=c.window_tokens, context_tokens=c.context_tokens, overlap_tokens=c.overlap_tokens,
                           overview_margin=c.overview_margin, factor=c.factor,
                           patch_size=int(self.transformer.config.patch_size), vae_factor=int(self.vae.spatial_factor),
                           latent_channels=int(self.vae.latent_channels))
@@ -408,14 +419,16 @@ class SlideGenerator:
         job = {"report_sha256": sha256_text(cond.text), "seed": int(seed), "model_sha256": self.model_sha256,
                "config_sha256": config_sha}
         work = Path(work_dir) if work_dir is not None else out.parent / f"{out.name}.work"
-        latents, pixels, created = _open_work(work, job, plan, cfg, group)
+        latents, pixels, regions, created = _open_work(work, job, plan, cfg, group)
         lock = StoreLock(work / "store.lock")
 
         features = self._encode(cond.text)
         stats: dict[str, dict[int, int]] = {k: {} for k in ("model", "background", "resumed", "tissue")}
         for level in plan.generation_order():
-            self._generate_level(plan, level, latents, pixels, features, steps, guidance, group, lock, stats,
-                                 progress, on_window)
+            tissue = self._generate_level(plan, level, latents, regions, pixels, features, steps, guidance, group,
+                                          lock, stats, progress, on_window)
+            if regions is not None and group.is_main:
+                self._crossfade_level(plan, level, latents, regions, tissue)
             if level > 0 or group.is_main:
                 self._decode_level(plan, level, latents, pixels, group, progress)
 
@@ -454,6 +467,7 @@ class SlideGenerator:
         plan: SlidePlan,
         level: int,
         latents: WindowStore,
+        regions: WindowStore | None,
         pixels: WindowStore,
         features: torch.Tensor,
         steps: int,
@@ -463,7 +477,8 @@ class SlideGenerator:
         stats: dict[str, dict[int, int]],
         progress: bool,
         on_window: WindowCallback | None,
-    ) -> None:
+    ) -> set[tuple[int, int]]:
+        """Sample the level's tissue windows phase by phase (background filled first); returns the tissue windows."""
         from tqdm.auto import tqdm
 
         cfg, n = self.config, plan.config.window_latents
@@ -497,10 +512,16 @@ class SlideGenerator:
         for phase in range(4):
             for batch in phase_batches([w for w in pending if w.phase == phase], cfg.batch_size,
                                        rank=group.rank, world_size=group.world_size):
-                out = self._sample_windows(plan, batch, latents, features, steps, guidance)
+                out = self._sample_windows(plan, batch, latents, features, steps, guidance, tissue)
                 for w, z in zip(batch, out):
+                    (r0, _), (c0, _) = target_box(plan, w)
+                    (wr0, wr1), (wc0, wc1) = w.latent_box(plan.config)
                     with lock():
-                        latents.write_window(level, w.row * n, w.col * n, z)
+                        if regions is not None:  # the raw target first: the window is done once its core is
+                            o = plan.config.overlap_tokens * plan.config.patch_size
+                            cell = region_cell(plan.config)
+                            regions.write_window(level, w.row * cell + r0 - (wr0 - o), w.col * cell + c0 - (wc0 - o), z)
+                        latents.write_window(level, wr0, wc0, z[:, wr0 - r0 : wr1 - r0, wc0 - c0 : wc1 - c0])
                     generated += 1
                     if on_window is not None:
                         on_window(w)
@@ -509,30 +530,81 @@ class SlideGenerator:
         bar.n = len(todo)
         bar.close()
         stats["model"][level] = generated
+        return tissue
 
     def _sample_windows(
         self, plan: SlidePlan, batch: list[Window], latents: WindowStore, features: torch.Tensor, steps: int,
-        guidance: float,
+        guidance: float, tissue: set[tuple[int, int]],
     ) -> list[np.ndarray]:
-        """Denoise a batch of windows from their seeded noise: (C, n, n) float32 latents each."""
+        """Denoise a batch of windows from their seeded noise: ``(C, h, w)`` float32 latents of each `target_box`.
+
+        Background windows (all but ``tissue``) are known from the start, as are windows of earlier phases: they
+        are context (border strips) and, where the target overlaps them, re-imposed at every step.
+        """
         import torch
 
+        from zwsi.flow import as_velocity
+        from zwsi.generate.overlap import KnownLatents, known_mask
         from zwsi.sampling import flow_sigmas, sample, sequence_denoiser
 
         cfg = self.config
         device, dtype = self.device, self.dtype
-        noise = [window_noise(plan, w).to(device) for w in batch]  # each (C, 1, n, n) float32
-        samples = [build_sample(plan, w, latents.read, features, z.to(dtype)) for w, z in zip(batch, noise)]
+
+        def background(r: int, c: int) -> bool:
+            return (r, c) not in tissue
+
+        noise = [window_noise(plan, w).to(device) for w in batch]  # each (C, 1, h, w) float32
+        specs = [context_specs(plan, w, background=background) for w in batch]
+        samples = [build_sample(plan, w, latents.read, features, z.to(dtype), specs=sp)
+                   for w, z, sp in zip(batch, noise, specs)]
         uncond = None
         if guidance > 0:
             empty = features[:0]  # (0, D): the dropped report (target at t-position 1), as in training
-            dropped = [build_sample(plan, w, latents.read, empty, z.to(dtype)) for w, z in zip(batch, noise)]
-            uncond = sequence_denoiser(self.transformer, dropped)
+            dropped = [build_sample(plan, w, latents.read, empty, z.to(dtype), specs=sp)
+                       for w, z, sp in zip(batch, noise, specs)]
+            uncond = as_velocity(sequence_denoiser(self.transformer, dropped), self.prediction)
+        impose = None
+        if plan.config.overlap_tokens:
+            values, masks = [], []
+            for w in batch:
+                def known(r: int, c: int, w: Window = w) -> bool:
+                    return background(r, c) or phase_of(r, c) < w.phase
+
+                rows, cols = target_box(plan, w)
+                values.append(torch.from_numpy(latents.read(w.level, rows, cols).astype(np.float32))[:, None].to(device))
+                masks.append(torch.from_numpy(known_mask(plan, w, known))[None, None].to(device))
+            impose = KnownLatents(values, masks, noise)
         with torch.inference_mode():
-            out = sample(sequence_denoiser(self.transformer, samples), noise, sigmas=flow_sigmas(steps, self.shift),
-                         guidance_scale=guidance, uncond_model=uncond, cfg_truncation=cfg.cfg_truncation,
-                         cfg_normalization=cfg.cfg_normalization)
+            model = as_velocity(sequence_denoiser(self.transformer, samples), self.prediction)
+            out = sample(model, noise, sigmas=flow_sigmas(steps, self.shift), guidance_scale=guidance,
+                         uncond_model=uncond, cfg_truncation=cfg.cfg_truncation,
+                         cfg_normalization=cfg.cfg_normalization, impose=impose)
         return [z[:, 0].float().cpu().numpy() for z in out]
+
+    def _crossfade_level(
+        self, plan: SlidePlan, level: int, latents: WindowStore, regions: WindowStore, tissue: set[tuple[int, int]]
+    ) -> None:
+        """Blend each known window's border toward what later windows made of it (`zwsi.generate.overlap`); reads
+        only raw outputs, so a resumed run blends the same. Process 0, after every window of the level is written."""
+        from zwsi.generate.overlap import crossfade_level
+
+        if level in latents.attrs.get("crossfaded_levels", []):
+            return
+        cfg = plan.config
+        o, cell = cfg.overlap_tokens * cfg.patch_size, region_cell(cfg)
+        fill = self._background(cfg)  # (C, n, n)
+
+        def read_raw(w: Window, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+            if (w.row, w.col) not in tissue:
+                return fill[:, : rows[1] - rows[0], : cols[1] - cols[0]]
+            (wr0, _), (wc0, _) = w.latent_box(cfg)
+            r0, c0 = w.row * cell + rows[0] - (wr0 - o), w.col * cell + cols[0] - (wc0 - o)
+            return regions.read(level, (r0, r0 + rows[1] - rows[0]), (c0, c0 + cols[1] - cols[0]))
+
+        crossfade_level(plan, level, generated=lambda r, c: (r, c) in tissue,
+                        background=lambda r, c: (r, c) not in tissue, read_raw=read_raw,
+                        write=lambda r0, c0, z: latents.write_window(level, r0, c0, z))
+        latents.update_attrs(crossfaded_levels=sorted({*latents.attrs.get("crossfaded_levels", []), level}))
 
     def _decode_level(
         self, plan: SlidePlan, level: int, latents: WindowStore, pixels: WindowStore, group: ProcessGroup,
@@ -729,8 +801,9 @@ def _check_request(width_um: float, height_um: float, mpp: float, seed: int, ste
 
 def _open_work(
     work: Path, job: dict[str, Any], plan: SlidePlan, cfg: GenerateConfig, group: ProcessGroup,
-) -> tuple[WindowStore, WindowStore, str]:
-    """Create (process 0) or reopen the work folder's stores; every process checks they belong to this job."""
+) -> tuple[WindowStore, WindowStore, WindowStore | None, str]:
+    """Create (process 0) or reopen the work folder's stores — latents, pixels and, with overlapping windows, each
+    window's raw sampled target (`zwsi.generate.overlap`) —; every process checks they belong to this job."""
     from datetime import datetime, timezone
 
     from slide_io import WindowStore
@@ -751,6 +824,18 @@ def _open_work(
         tmp.rename(lat_path)  # the store appears whole, so a store without levels never exists
     if group.is_main and not (pix_path / "zarr.json").is_file():
         WindowStore.create(pix_path, "pixel", attrs={"job": job}, overwrite=True)
+    reg_path = work / "regions.zarr"
+    if group.is_main and plan.config.overlap_tokens and not (reg_path / "zarr.json").is_file():
+        tmp = work / ".regions.zarr.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        store = WindowStore.create(tmp, "latent", channels=plan.config.latent_channels, dtype=cfg.latent_dtype,
+                                   attrs={"job": job})
+        r = region_cell(plan.config)
+        for lv in plan.levels:
+            rows, cols = lv.grid
+            store.create_level(lv.index, (rows * r, cols * r), mpp=lv.mpp * plan.config.vae_factor, grid=(r, r),
+                               chunks=(r, r))
+        tmp.rename(reg_path)
     group.barrier()
     latents = WindowStore.open(lat_path)
     theirs = latents.attrs.get("job")
@@ -758,7 +843,13 @@ def _open_work(
         diff = sorted(k for k in job if (theirs or {}).get(k) != job[k])
         raise ValueError(f"work folder {work} belongs to another job (differs in {diff}); remove it or choose "
                          f"another output name")
-    return latents, WindowStore.open(pix_path), str(latents.attrs["created"])
+    regions = WindowStore.open(reg_path) if plan.config.overlap_tokens else None
+    return latents, WindowStore.open(pix_path), regions, str(latents.attrs["created"])
+
+
+def region_cell(config: PlanConfig) -> int:
+    """Side in latents of a window's cell in the region store: the window plus its overlap on both sides."""
+    return config.window_latents + 2 * config.overlap_tokens * config.patch_size
 
 
 def _block_mean(rgb: np.ndarray, f: int) -> np.ndarray:
