@@ -203,11 +203,11 @@ def tiled_apply(
 
 
 class VAE:
-    """Z-Image's latent codec around a diffusers ``AutoencoderKL``.
+    """Z-Image's latent codec around a diffusers ``AutoencoderKL`` or ``AutoencoderTiny`` (TAESD-style, e.g. TAEF1).
 
     Args:
-        autoencoder: the diffusers ``AutoencoderKL`` (its config gives ``scaling_factor`` and ``shift_factor``;
-            a missing shift is 0).
+        autoencoder: the diffusers autoencoder (its config gives ``scaling_factor`` and ``shift_factor``; a missing
+            shift is 0). An ``AutoencoderTiny`` has no posterior: its encoder output is the latent.
         dtype: the autoencoder's compute dtype (``torch.float32``, as the official loader, or ``torch.bfloat16``).
     """
 
@@ -222,19 +222,27 @@ class VAE:
         self.scaling_factor = float(config.scaling_factor)
         self.shift_factor = float(config.shift_factor or 0.0)
         self.latent_channels = int(config.latent_channels)
-        self.spatial_factor = 2 ** (len(config.block_out_channels) - 1)
+        self.tiny = type(autoencoder).__name__ == "AutoencoderTiny"
+        if self.tiny:
+            self.spatial_factor = int(config.upsampling_scaling_factor) ** (len(config.decoder_block_out_channels) - 1)
+        else:
+            self.spatial_factor = 2 ** (len(config.block_out_channels) - 1)
 
     @classmethod
     def from_folder(
         cls, path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
     ) -> VAE:
         """Load from a hub snapshot (its ``vae/`` subfolder) or a VAE folder itself; safetensors weights only.
+        ``config.json``'s ``_class_name`` picks ``AutoencoderKL`` (the default) or ``AutoencoderTiny``.
 
         Raises:
             FileNotFoundError: no ``config.json`` in ``path`` or ``path/vae``.
-            ValueError: the folder holds no ``*.safetensors`` weights (pickled weights are refused).
+            ValueError: the folder holds no ``*.safetensors`` weights (pickled weights are refused), or names another
+                class.
         """
-        from diffusers import AutoencoderKL
+        import json
+
+        from diffusers import AutoencoderKL, AutoencoderTiny
 
         root = Path(path)
         folder = root / "vae" if (root / "vae" / CONFIG_NAME).is_file() else root
@@ -243,7 +251,11 @@ class VAE:
         if not any(folder.glob("*.safetensors")):
             found = sorted(p.name for p in folder.iterdir())
             raise ValueError(f"no *.safetensors weights in {folder} (found {found}); pickled weights are refused")
-        autoencoder = AutoencoderKL.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
+        name = json.loads((folder / CONFIG_NAME).read_text()).get("_class_name", "AutoencoderKL")
+        classes = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}
+        if name not in classes:
+            raise ValueError(f"{folder / CONFIG_NAME} names _class_name {name!r}; expected one of {sorted(classes)}")
+        autoencoder = classes[name].from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
         return cls(autoencoder.to(device), dtype=dtype)
 
     @property
@@ -297,8 +309,11 @@ class VAE:
     @torch.no_grad()
     def _encode(self, x: Tensor, sample: bool, generator: torch.Generator | None) -> Tensor:
         x = x.to(self.dtype).contiguous(memory_format=self._memory_format())
-        posterior = self.autoencoder.encode(x).latent_dist
-        z = posterior.sample(generator) if sample else posterior.mode()
+        if self.tiny:  # a deterministic encoder: its output is the latent
+            z = self.autoencoder.encode(x).latents
+        else:
+            posterior = self.autoencoder.encode(x).latent_dist
+            z = posterior.sample(generator) if sample else posterior.mode()
         return ((z.float() - self.shift_factor) * self.scaling_factor).contiguous()
 
     @torch.no_grad()

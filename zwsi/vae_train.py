@@ -55,10 +55,21 @@ STATS_STEP0 = 10**9  # data draws for the latent statistics: steps no run reache
 
 
 # ---- config ---------------------------------------------------------------------------------------------------
+MODEL_KINDS = ("kl", "taef1")
+
+
 @dataclass(frozen=True)
 class ModelSection:
-    """The ``AutoencoderKL`` shape; ``len(block_out_channels) - 1`` halvings give the spatial factor (4 -> 8)."""
+    """The autoencoder. ``kind: kl``: a diffusers ``AutoencoderKL`` whose ``len(block_out_channels) - 1`` halvings
+    give the spatial factor (4 -> 8). ``kind: taef1``: a diffusers ``AutoencoderTiny`` whose encoder is TAEF1's,
+    frozen (``taef1``: its weights, `zwsi.taef1`), so the latents are Z-Image's own, and whose decoder
+    (``block_out_channels`` equal widths, ``decoder_blocks`` blocks per stage) is trained here."""
 
+    kind: str = "kl"
+    taef1: str | None = None  # kind taef1: folder of taef1_encoder.safetensors (TAESD's layout)
+    decoder_blocks: tuple[int, ...] = (3, 3, 3, 1)  # kind taef1: AutoencoderTiny blocks per decoder stage
+    decoder_noise: float = 0.0  # kind taef1: std of Gaussian noise on the latents the decoder learns from (raw units),
+    # so it also decodes a generator's slightly-off latents as tissue rather than as grain
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
     layers_per_block: int = 1
     latent_channels: int = 16
@@ -69,6 +80,16 @@ class ModelSection:
     train_encoder: bool = True  # False: the encoder (so the latent space and its scaling) stays exactly the init's
 
     def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model.kind = {self.kind!r}; expected one of {list(MODEL_KINDS)}")
+        if self.kind == "taef1":
+            if self.taef1 is None:
+                raise ValueError("model.kind = taef1 needs model.taef1, the folder of taef1_encoder.safetensors")
+            if self.train_encoder or len(set(self.block_out_channels)) != 1 or len(self.decoder_blocks) != 4:
+                raise ValueError(f"model.kind = taef1 keeps TAEF1's encoder (train_encoder: false) and needs 4 equal "
+                                 f"block_out_channels and 4 decoder_blocks, got train_encoder={self.train_encoder}, "
+                                 f"block_out_channels={self.block_out_channels}, decoder_blocks={self.decoder_blocks}")
+            return
         if not self.train_encoder and self.init is None:
             raise ValueError("model.train_encoder = false needs model.init (the VAE whose encoder is kept)")
         if len(self.block_out_channels) != 4:
@@ -98,8 +119,15 @@ class DataSection:
     ihc_prob: float = 0.0
     stain_jitter: float = 0.05
     stride: int = 4
+    extra: tuple[dict[str, Any], ...] = ()  # more H&E images: {path, mpp} (whole images; paths as data.slide)
+    extra_prob: float = 0.0  # share of crops drawn from `extra` (at a µm/px the image is large enough for)
 
     def __post_init__(self) -> None:
+        for item in self.extra:
+            if not isinstance(item, dict) or set(item) != {"path", "mpp"} or not float(item["mpp"]) > 0:
+                raise ValueError(f"data.extra entries must be {{path: FILE, mpp: µm/px > 0}}, got {item!r}")
+        if not 0.0 <= self.extra_prob <= 1.0 or (self.extra_prob > 0 and not self.extra):
+            raise ValueError(f"data.extra_prob must be in [0, 1] (and > 0 only with data.extra), got {self.extra_prob}")
         if not self.mpps or len(self.mpp_weights) != len(self.mpps):
             raise ValueError(f"data.mpp_weights {self.mpp_weights} must have one weight per data.mpps {self.mpps}")
         if any(m <= 0 for m in self.mpps) or any(w < 0 for w in self.mpp_weights) or sum(self.mpp_weights) <= 0:
@@ -269,8 +297,17 @@ def load_vae_train_config(path: str | Path, overrides: dict[str, Any] | None = N
 
 # ---- model ----------------------------------------------------------------------------------------------------
 def build_autoencoder(model: ModelSection) -> torch.nn.Module:
-    """A fresh diffusers ``AutoencoderKL`` of this shape (no quant convs, as the FLUX/Z-Image VAE)."""
+    """A fresh diffusers ``AutoencoderKL`` of this shape (no quant convs, as the FLUX/Z-Image VAE), or for ``kind:
+    taef1`` an ``AutoencoderTiny`` with TAEF1's encoder and a fresh decoder."""
     from diffusers import AutoencoderKL
+
+    if model.kind == "taef1":
+        from zwsi.taef1 import taef1_autoencoder
+
+        tiny = taef1_autoencoder(model.taef1, decoder_block_out_channels=model.block_out_channels,
+                                 num_decoder_blocks=model.decoder_blocks)
+        tiny.encoder.requires_grad_(False)
+        return tiny
 
     n = len(model.block_out_channels)
     return AutoencoderKL(
@@ -331,6 +368,36 @@ def _read_slide(path: str, mpps: tuple[float, ...]) -> tuple[tuple[np.ndarray, .
     return tuple(images), mask, (w0, h0), base.x
 
 
+@functools.lru_cache(maxsize=16)
+def _read_image(path: str, mpp: float, mpps: tuple[float, ...]) -> tuple[np.ndarray | None, ...]:
+    """An image file or slide (read whole: small ones only) at each µm/px, None where it holds no 128 px crop.
+
+    Only downsampling is done (a finer µm/px than the image's own is None): upsampled tissue would teach blur.
+    """
+    from PIL import Image
+
+    if Path(path).suffix.lower() in (".svs", ".tif", ".tiff", ".ndpi"):
+        import slide_io
+
+        with slide_io.open_slide(path, mpp=mpp) as slide:
+            w0, h0 = slide.dimensions
+            base = slide.read_region((0, 0), 0, (w0, h0), as_array=True)
+    else:
+        base = read_rgb(path)
+    out: list[np.ndarray | None] = []
+    for target in mpps:
+        f = target / mpp
+        h, w = round(base.shape[0] / f), round(base.shape[1] / f)
+        if f < 0.99 or min(h, w) < 128:
+            out.append(None)
+            continue
+        scaled = base if abs(f - 1) < 0.01 else np.array(Image.fromarray(base).resize((w, h), Image.Resampling.LANCZOS))
+        scaled = np.ascontiguousarray(scaled[..., :3])
+        scaled.setflags(write=False)
+        out.append(scaled)
+    return tuple(out)
+
+
 @dataclass
 class _Scale:
     mpp: float
@@ -364,6 +431,13 @@ class CropSampler:
             self._ihc = np.ascontiguousarray(skdata.immunohistochemistry()[..., :3])
         weights = np.asarray(data.mpp_weights, dtype=np.float64)
         self.mpp_p = weights / weights.sum()
+        # extra images, resampled once to every µm/px of the ladder at which they hold at least one crop
+        self.extra: dict[float, list[np.ndarray]] = {}
+        for item in data.extra:
+            image = _read_image(str(item["path"]), float(item["mpp"]), tuple(data.mpps))
+            for mpp, scaled in zip(data.mpps, image):
+                if scaled is not None:
+                    self.extra.setdefault(mpp, []).append(scaled)
 
     def _scale(self, image: np.ndarray, mpp: float, f: float, mask: Any, hold: tuple[float, float],
                val_crops: int) -> _Scale:
@@ -404,8 +478,12 @@ class CropSampler:
         s = self.scales[int(rng.choice(len(self.scales), p=self.mpp_p))]
         crops = []
         for _ in range(batch_size):
+            extra = self.extra.get(s.mpp, [])
             if self._ihc is not None and rng.random() < self.data.ihc_prob:
                 src, c = self._ihc, s.crop
+                y, x = (int(rng.integers(0, n - c + 1)) for n in src.shape[:2])
+            elif extra and rng.random() < self.data.extra_prob:
+                src, c = extra[int(rng.integers(len(extra)))], s.crop
                 y, x = (int(rng.integers(0, n - c + 1)) for n in src.shape[:2])
             else:
                 src, c = s.image, s.crop
@@ -449,7 +527,7 @@ class VAELoss(torch.nn.Module):
     def forward(self, recon: Tensor, target: Tensor, posterior: Any) -> dict[str, Tensor]:
         l1 = (recon - target).abs().mean()
         ssim = self.ssim((recon.clamp(-1, 1) + 1) / 2, (target + 1) / 2) if self.cfg.ssim else recon.new_zeros(())
-        kl = posterior.kl().mean() / (target.shape[-1] * target.shape[-2])  # per pixel, as the other terms
+        kl = recon.new_zeros(()) if posterior is None else posterior.kl().mean() / (target.shape[-1] * target.shape[-2])
         total = self.cfg.l1 * l1 + self.cfg.ssim * ssim + self.cfg.kl * kl
         return {"loss": total, "l1": l1, "ssim_loss": ssim, "kl": kl}
 
@@ -508,13 +586,19 @@ def lr_at(step: int, optim: OptimSection, max_steps: int) -> float:
     return floor + (optim.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _latent_mode(autoencoder: torch.nn.Module, x: Tensor) -> Tensor:
+    """The posterior mode of an AutoencoderKL, or the output of an AutoencoderTiny's deterministic encoder."""
+    encoded = autoencoder.encode(x)
+    return encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mode()
+
+
 @torch.no_grad()
 def reconstruct(autoencoder: torch.nn.Module, rgb: np.ndarray, batch: int = 8) -> np.ndarray:
     """Posterior-mode reconstruction of (N, H, W, 3) uint8 tiles, as uint8."""
     outs = []
     for i in range(0, len(rgb), batch):
         x = to_model(rgb[i : i + batch])
-        z = autoencoder.encode(x).latent_dist.mode()
+        z = _latent_mode(autoencoder, x)
         outs.append(to_uint8(autoencoder.decode(z).sample))
     return np.concatenate(outs)
 
@@ -554,7 +638,9 @@ class VAETrainer:
         torch.manual_seed(cfg.seed)
         self.model = build_autoencoder(cfg.model).train()
         self.init_scaling: tuple[float, float] | None = None
-        if cfg.model.init is not None:
+        if cfg.model.kind == "taef1":
+            pass  # TAEF1's encoder is loaded and frozen by build_autoencoder; the decoder starts fresh
+        elif cfg.model.init is not None:
             self.init_scaling = self._load_init(Path(cfg.model.init))
         else:
             with torch.no_grad():
@@ -660,8 +746,15 @@ class VAETrainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
-        posterior = self.model.encode(x).latent_dist
-        recon = self.model.decode(posterior.sample(gen)).sample  # (B, 3, c, c)
+        if cfg.model.kind == "taef1":
+            with torch.no_grad():
+                z = self.model.encode(x).latents  # (B, 16, c/8, c/8): TAEF1's latents, a frozen encoder
+                if cfg.model.decoder_noise > 0:
+                    z = z + cfg.model.decoder_noise * torch.randn(z.shape, generator=gen)
+            recon, posterior = self.model.decode(z).sample, None  # (B, 3, c, c)
+        else:
+            posterior = self.model.encode(x).latent_dist
+            recon = self.model.decode(posterior.sample(gen)).sample  # (B, 3, c, c)
         terms = self.loss_fn(recon, x, posterior)
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
@@ -730,7 +823,7 @@ class VAETrainer:
         n = self.cfg.export.stats_crops
         for i in range(0, n, 8):
             x, _ = self.sampler.batch(STATS_STEP0 + i, min(8, n - i))  # draws no training step uses
-            values.append(model.encode(x).latent_dist.mode().flatten())
+            values.append(_latent_mode(model, x).flatten())
         z = torch.cat(values).double()
         return float(z.mean()), float(z.std())
 

@@ -224,17 +224,23 @@ def test_windows_have_generation_context_patterns_positions_and_set_drop_rates(d
         entry = next(s for s in ds.slides() if s.slide_id == d.slide)
         plan = ds.plan(entry)
         window = plan.window(d.level, d.row, d.col)
-        assert d.phase == window.phase and [d.row, d.col] in entry.tissue[d.level]
+        top = d.level == plan.coarsest  # the layout level trains on all its windows, glass included
+        tissue = {(r, c) for r, c in entry.tissue[d.level]}
+        assert d.phase == window.phase and (top or (d.row, d.col) in tissue)
+        background = None if top else (lambda r, c: (r, c) not in tissue)  # glass is known before any phase
+        specs = context_specs(plan, window, background=background)
         # what generation builds for this window, reading the same latents
         gen = build_sample(plan, window, lambda lv, r, c: ds.read_latents(entry, lv, r, c),
-                           ds.report_features(entry), e.x0)
-        assert len(e.sample.contexts) == len(gen.contexts) == len(context_specs(plan, window))
+                           ds.report_features(entry), e.x0, specs=specs)
+        assert len(e.sample.contexts) == len(gen.contexts) == len(specs)
         for a, b in zip(e.sample.contexts, gen.contexts):
             assert torch.equal(a.positions, b.positions) and torch.equal(a.latents, b.latents)
         assert torch.equal(e.sample.target.positions, gen.target.positions)
-        n_neigh = sum(s.kind == "neighbour" for s in context_specs(plan, window))
-        assert n_neigh == len(neighbours(plan, window)) and (d.phase > 0 or n_neigh == 0)
-        assert any(s.kind == "overview" for s in context_specs(plan, window)) == (d.level < plan.coarsest)
+        seen = neighbours(plan, window, background=background)
+        assert sum(s.kind == "neighbour" for s in specs) == len(seen)
+        # phase A sees no generated neighbour, only known glass
+        assert d.phase > 0 or all((d.row + dr, d.col + dc) not in tissue for dr, dc in seen)
+        assert any(s.kind == "overview" for s in specs) == (d.level < plan.coarsest)
         phases_seen.add(d.phase)
         levels_seen.add(d.level)
     assert phases_seen == {0, 1, 2, 3} and levels_seen == {0, 1}

@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     conv.add_argument("--tile-size", type=int, default=256)
     conv.add_argument("--ome", action="store_true", help="write OME-TIFF (Bio-Formats/QuPath) instead")
     conv.add_argument("--mpp", type=float, default=None, help="µm/px to use when the input stores none")
+    conv.add_argument("--region", default=None, metavar="X,Y,W,H",
+                      help="only this level-0 region (pixels, OpenSlide's x, y from the top-left): e.g. to hold out "
+                      "part of a slide from training")
     conv.add_argument("--backend", **backend)
     conv.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     conv.set_defaults(func=run_convert)
@@ -122,6 +125,22 @@ def run_thumbnail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _region(text: str, dimensions: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``X,Y,W,H`` (level-0 pixels) inside a slide of ``dimensions`` (width, height).
+
+    Raises:
+        ValueError: not four integers, or a box that is empty or leaves the slide.
+    """
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--region {text!r} must be four integers X,Y,W,H (level-0 pixels)") from None
+    width, height = dimensions
+    if w < 1 or h < 1 or x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ValueError(f"--region {text!r} must be a non-empty box inside the slide's {width} x {height} level 0")
+    return x, y, w, h
+
+
 def run_convert(args: argparse.Namespace) -> int:
     import slide_io
 
@@ -132,8 +151,18 @@ def run_convert(args: argparse.Namespace) -> int:
                 extra={"converted_from": args.input.name, "source_vendor": slide.vendor,
                        "source_sha256": slide_io.sha256_file(args.input)},
             )
+            source, size = slide, None
+            if args.region is not None:
+                x0, y0, w, h = _region(args.region, slide.dimensions)
+                provenance.extra["region_level0"] = [x0, y0, w, h]
+
+                def source(x: int, y: int, tw: int, th: int) -> Any:
+                    return slide.read_region((x0 + x, y0 + y), 0, (tw, th), as_array=True)
+
+                size = (w, h)
             out = slide_io.write_pyramid(
-                args.output, slide, compression=args.compression, quality=args.quality, tile_size=args.tile_size,
+                args.output, source, size=size, mpp=None if args.region is None else slide.mpp.x,
+                compression=args.compression, quality=args.quality, tile_size=args.tile_size,
                 provenance=provenance, ome=args.ome, progress=not args.no_progress,
             )
     except (slide_io.SlideError, ValueError) as exc:

@@ -41,9 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     e.add_argument("--transformer", required=True, type=Path, help="trained transformer folder (e.g. RUN/final/ema-transformer)")
     e.add_argument("--vae", required=True, type=Path, help="VAE folder (e.g. a `zwsi train-vae` run's vae/)")
     e.add_argument("--text-encoder", default="minilm", help="'minilm' (the offline package) or a text encoder folder")
-    e.add_argument("--generate-config", type=Path, default=None, help="generation settings YAML the model was trained for")
-    e.add_argument("--shift", type=float, default=3.0, help="sampling schedule shift (scheduler_config.json)")
+    e.add_argument("--generate-config", type=Path, default=None,
+                   help="generation settings YAML (its geometry must agree with the run's training plan)")
+    e.add_argument("--run", type=Path, default=None,
+                   help="the training run folder holding zwsi_plan.json (default: two folders above --transformer, "
+                   "e.g. RUN for RUN/final/ema-transformer)")
+    e.add_argument("--shift", type=float, default=None,
+                   help="sampling shift for a transformer without a training plan (default 3.0); with a plan, the "
+                   "shift it was trained with")
     e.add_argument("--vae-dtype", default="fp16", choices=("fp16", "fp32"), help="storage dtype of the VAE weights")
+    e.add_argument("--transformer-dtype", default="fp32", choices=("fp16", "fp32"),
+                   help="storage dtype of the transformer weights (they compute in the generation config's dtype)")
     e.add_argument("--out", required=True, type=Path, help="new pipeline folder")
     e.set_defaults(func=run_export)
 
@@ -97,14 +105,37 @@ def run_export(args: argparse.Namespace) -> int:
     from zwsi.text.encoders import load_text_encoder
     from zwsi.vae import VAE
 
+    from zwsi.generate.config import GenerateConfig
+    from zwsi.training_plan import TrainingPlan
+
     try:
+        run = args.run if args.run is not None else args.transformer.resolve().parent.parent
+        plan = TrainingPlan.read(run)
+        if args.run is not None and plan is None:
+            raise FileNotFoundError(f"--run {run} holds no zwsi_plan.json (written by `zwsi train`)")
         transformer = load_transformer(args.transformer, dtype="fp32", device="cpu").requires_grad_(False)
         vae = VAE.from_folder(args.vae)
         spec = {"backend": "hf"} if args.text_encoder == "minilm" else {"path": args.text_encoder}
         encoder = load_text_encoder(spec)
-        config = load_generate_config(args.generate_config) if args.generate_config else None
-        gen = SlideGenerator(transformer, vae, encoder, config=config, shift=args.shift, name=args.out.name)
-        out = gen.save_pretrained(args.out, vae_dtype=torch.float16 if args.vae_dtype == "fp16" else None)
+        config = load_generate_config(args.generate_config) if args.generate_config else GenerateConfig()
+        shift, prediction = (3.0 if args.shift is None else args.shift), "velocity"
+        if plan is not None:  # the geometry and schedule the model was trained with travel with it
+            if args.shift is not None and args.shift != plan.shift:
+                raise ValueError(f"--shift {args.shift} disagrees with the shift the model was trained with "
+                                 f"({plan.shift}, {run}/zwsi_plan.json)")
+            config = config.merged(plan.generate_settings()) if args.generate_config is None else config
+            plan.check(config, patch_size=int(transformer.config.patch_size), vae_factor=int(vae.spatial_factor),
+                       latent_channels=int(vae.latent_channels))
+            shift, prediction = plan.shift, plan.prediction
+        else:
+            print(f"zwsi train export: warning: {run} has no zwsi_plan.json; the model folder will not record the "
+                  f"geometry and schedule it was trained with", file=sys.stderr)
+        gen = SlideGenerator(transformer, vae, encoder, config=config, shift=shift, prediction=prediction,
+                             name=args.out.name)
+        half = {"fp16": torch.float16, "fp32": None}
+        out = gen.save_pretrained(args.out, vae_dtype=half[args.vae_dtype], transformer_dtype=half[args.transformer_dtype])
+        if plan is not None:
+            plan.write(out)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"zwsi train export: {exc}", file=sys.stderr)
         return 2

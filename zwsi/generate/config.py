@@ -62,6 +62,8 @@ class GenerateConfig:
         device: "cpu", "cuda", "cuda:1"...; None picks the process's accelerator (accelerate) or the CPU.
         glass_cleanup: after decoding, blend pale unsaturated pixels (glass) toward the blank background
             (`zwsi.generate.glass.clean_glass`); for VAEs that render glass grey or striped (the default model's).
+        plan_override: generate with geometry or a shift other than the model's training plan (``zwsi_plan.json``)
+            on purpose (warned); without it such a config is refused.
     """
 
     window_tokens: int = 64
@@ -89,6 +91,7 @@ class GenerateConfig:
     dtype: str = "bf16"
     device: str | None = None
     glass_cleanup: bool = False
+    plan_override: bool = False
 
     def __post_init__(self) -> None:
         positive = ("window_tokens", "factor", "batch_size", "steps", "vae_tile", "tile_size")

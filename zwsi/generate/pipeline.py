@@ -275,17 +275,25 @@ class SlideGenerator:
             prediction = str(sched.get("prediction_type", "velocity"))
         else:
             logger.warning("%s has no %s; using shift %s", root, SCHEDULER_CONFIG, DEFAULT_SHIFT)
+        from zwsi.training_plan import TrainingPlan
+
+        plan = TrainingPlan.read(root)
+        if plan is not None:
+            plan.check(cfg, patch_size=int(transformer.config.patch_size), vae_factor=int(vae.spatial_factor),
+                       latent_channels=int(vae.latent_channels))
         model_sha256 = folder_sha256(root)
         if reference.is_file():  # the referenced encoder's weights are part of the model's identity
             model_sha256 = hashlib.sha256(f"{model_sha256}|{encoder.fingerprint()}".encode()).hexdigest()
         return cls(transformer, vae, encoder, config=cfg, shift=shift, prediction=prediction, model_sha256=model_sha256,
                    name=root.resolve().name)
 
-    def save_pretrained(self, folder: str | Path, *, vae_dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(self, folder: str | Path, *, vae_dtype: torch.dtype | None = None,
+                        transformer_dtype: torch.dtype | None = None) -> Path:
         """Write the hub layout (``from_pretrained`` reads it back): transformer/, vae/, text_encoder/ (+ tokenizer/
         for Qwen3), scheduler/scheduler_config.json, model_index.json and zwsi_generate.yaml. Written under a
         temporary name and renamed into place; an existing folder is an error. ``vae_dtype`` (e.g. torch.float16)
-        stores the VAE weights in that dtype (they load back as the loader's dtype)."""
+        stores the VAE weights in that dtype (they load back as the loader's dtype), ``transformer_dtype`` the
+        transformer's (e.g. fp16 halves the built-in model's download; it computes in the config's dtype)."""
         import yaml
 
         from zwsi.model.checkpoint import save_pretrained
@@ -296,11 +304,14 @@ class SlideGenerator:
         tmp = folder.parent / f".{folder.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            save_pretrained(self.transformer, tmp / "transformer")
+            import copy
+
+            transformer = self.transformer
+            if transformer_dtype is not None:
+                transformer = copy.deepcopy(transformer).to(dtype=transformer_dtype)
+            save_pretrained(transformer, tmp / "transformer")
             vae_module = self.vae.autoencoder
             if vae_dtype is not None:
-                import copy
-
                 vae_module = copy.deepcopy(vae_module).to(dtype=vae_dtype)
             vae_module.save_pretrained(tmp / "vae", safe_serialization=True)
             qwen = type(self.text_encoder).__name__ == "ZImageTextEncoder"
@@ -320,7 +331,7 @@ class SlideGenerator:
             (tmp / SCHEDULER_CONFIG).write_text(json.dumps(sched, indent=2) + "\n")
             index = {"_class_name": "ZImagePipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
                      "text_encoder": ["transformers", type(self.text_encoder.model).__name__],
-                     "transformer": ["diffusers", "ZImageTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}
+                     "transformer": ["diffusers", "ZImageTransformer2DModel"], "vae": ["diffusers", type(self.vae.autoencoder).__name__]}
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
             cfg = {k: v for k, v in self.config.to_dict().items() if k != "device"}
             (tmp / MODEL_CONFIG_NAME).write_text(yaml.safe_dump(cfg, sort_keys=True))

@@ -143,14 +143,29 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Flow matching in Z-Image's convention (`zwsi.flow`): how training noise levels are drawn."""
+    """Flow matching in Z-Image's convention (`zwsi.flow`): how training noise levels are drawn and what the model
+    predicts. The exported model carries these (``scheduler/scheduler_config.json``), so it samples with the shift it
+    was trained with.
+
+    Attributes:
+        timesteps: "logit-normal" (SD3) or "uniform" sigmas.
+        shift: time shift of the drawn sigmas, the same shift the sampler uses (Turbo: 3.0).
+        loc, scale: the logit-normal's mean and standard deviation.
+        prediction: "velocity" (x0 - eps, Z-Image) or "sample" (x0, JiT; `zwsi.flow.as_velocity`), trained with
+            the velocity loss either way.
+    """
 
     timesteps: str = "logit-normal"
     shift: float = 1.0
     loc: float = 0.0
     scale: float = 1.0
+    prediction: str = "velocity"
 
     def validate(self) -> None:
+        from zwsi.flow import PREDICTIONS
+
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"objective.prediction = {self.prediction!r}; expected one of {list(PREDICTIONS)}")
         if self.timesteps not in TIMESTEP_METHODS:
             raise ValueError(f"objective.timesteps = {self.timesteps!r}; expected one of {list(TIMESTEP_METHODS)}")
         if self.shift <= 0 or self.scale <= 0:
@@ -251,7 +266,7 @@ class ValidationConfig:
     sigmas: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
     sample_windows: int = 2
     sample_steps: int = 8
-    sample_shift: float = 3.0
+    sample_shift: float | None = None  # None: objective.shift, the shift the model was trained with
 
     def validate(self) -> None:
         if self.every < 0 or self.batches < 1 or self.batch_size < 1 or self.sample_windows < 0 or self.sample_steps < 1:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from zwsi.flow import sample_sigmas
 from zwsi.model.sequence import ImageSegment, SequenceSample
-from zwsi.planner import build_sample, context_specs, phase_of
+from zwsi.planner import build_sample, context_specs, phase_of, target_box
 from zwsi.train.config import DataConfig, ObjectiveConfig
 from zwsi.train.dataset import PreparedDataset, SlideEntry
 
@@ -125,6 +125,10 @@ class WindowSampler:
         rng = np.random.default_rng(mix_seed(self.seed, index, 1))
         entry = self.slides[int(rng.choice(len(self.slides), p=self.slide_p))]
         by_level = [[(r, c) for r, c in entry.tissue[lv]] for lv in range(self.n_levels)]
+        # the coarsest level decides the slide's layout and generation samples all of it: tissue, edge and glass
+        # windows there, in their real proportions (finer levels generate, so train, tissue windows only)
+        top = self.dataset.plan(entry).level(self.n_levels - 1).grid
+        by_level[-1] = [(r, c) for r in range(top[0]) for c in range(top[1])]
         levels = [lv for lv in range(self.n_levels) if by_level[lv]]
         lw = np.array([1.0 if self.data.level_weights is None else self.data.level_weights[lv] for lv in levels])
         if lw.sum() <= 0:
@@ -156,16 +160,23 @@ class WindowSampler:
         entry: SlideEntry = self._by_slide[draw.slide]
         plan = self.dataset.plan(entry)
         window = plan.window(draw.level, draw.row, draw.col)
-        specs = context_specs(plan, window)
+        tissue = {(r, c) for r, c in entry.tissue[draw.level]}
+        background = None
+        if draw.level < self.n_levels - 1:  # below the coarsest level, glass windows are filled before any phase
+
+            def background(r: int, c: int) -> bool:
+                return (r, c) not in tissue
+
+        specs = context_specs(plan, window, phase=draw.phase, background=background)
         if draw.drop_overview:
             specs = [s for s in specs if s.kind != "overview"]
         report = self.dataset.report_features(entry)
         if draw.drop_report:
             report = report[:0]
-        (r0, r1), (c0, c1) = window.latent_box(plan.config)
-        x0 = torch.from_numpy(self.dataset.read_latents(entry, draw.level, (r0, r1), (c0, c1)))[:, None].to(device)  # (C, 1, n, n)
+        rows, cols = target_box(plan, window)  # the window and its overlap, as generation samples it
+        x0 = torch.from_numpy(self.dataset.read_latents(entry, draw.level, rows, cols))[:, None].to(device)  # (C, 1, h, w)
         gen = torch.Generator().manual_seed(draw.noise_seed)
-        eps = torch.randn(x0.shape, generator=gen).to(device)  # (C, 1, n, n)
+        eps = torch.randn(x0.shape, generator=gen).to(device)  # (C, 1, h, w)
 
         def read(level: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
             return self.dataset.read_latents(entry, level, rows, cols)

@@ -16,6 +16,7 @@ checkpoints to ``OUT/checkpoints/`` (`zwsi.train.state`), and at the end the ada
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -178,8 +179,13 @@ class Trainer:
             if val_slides and cfg.validation.every else None
         )
         if acc.is_main_process:
+            from zwsi.training_plan import TrainingPlan
+
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+            m = self.dataset.manifest  # the geometry and schedule the model learns travel with it (export copies)
+            TrainingPlan(dict(m.plan), float(m.final_mpp), float(m.coarsest_mpp),
+                         dataclasses.asdict(cfg.objective)).write(self.out)
         if self.resume is not None:
             self._load(self.resume)
         self._open_logs()
@@ -253,10 +259,10 @@ class Trainer:
         return [e.to(self.accelerator.device) for e in examples]
 
     def _loss(self, model: Any, examples: list[Example]) -> torch.Tensor:
-        from zwsi.flow import flow_loss
+        from zwsi.flow import as_velocity, flow_loss
         from zwsi.sampling import sequence_denoiser
 
-        denoise = sequence_denoiser(model, [e.sample for e in examples])
+        denoise = as_velocity(sequence_denoiser(model, [e.sample for e in examples]), self.config.objective.prediction)
         sigma = torch.tensor([e.sigma for e in examples], dtype=torch.float32, device=examples[0].x0.device)
         with self.accelerator.autocast():
             return flow_loss(denoise, [e.x0 for e in examples], sigma, eps=[e.eps for e in examples])
@@ -349,6 +355,7 @@ class Trainer:
         """Denoise held-out windows from noise with their real contexts (EMA weights) and write real | sample PNGs."""
         from PIL import Image
 
+        from zwsi.flow import as_velocity
         from zwsi.sampling import sample, sequence_denoiser
 
         v, acc = self.config.validation, self.accelerator
@@ -359,8 +366,10 @@ class Trainer:
         self.model.eval()
         ema_ctx = self.ema.applied(trainable_named(self.unwrapped)) if self.ema is not None else nullcontext()
         with ema_ctx, acc.autocast():
-            latents = sample(sequence_denoiser(self.model, [e.sample for e in examples]), [e.eps for e in examples],
-                             num_steps=v.sample_steps, shift=v.sample_shift)
+            denoise = as_velocity(sequence_denoiser(self.model, [e.sample for e in examples]),
+                                  self.config.objective.prediction)
+            latents = sample(denoise, [e.eps for e in examples], num_steps=v.sample_steps,
+                             shift=self.config.objective.shift if v.sample_shift is None else v.sample_shift)
         written: list[Path] = []
         vae = self._vae()
         if not acc.is_main_process or vae is None:
