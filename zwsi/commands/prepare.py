@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--coarsest-mpp", type=float, default=8.0, help="coarsest rung in µm/px (default 8)")
     p.add_argument("--window-tokens", type=int, default=64, help="target window side in tokens (default 64 = 1024 px)")
     p.add_argument("--context-tokens", type=int, default=8, help="neighbour strip width in tokens (default 8)")
+    p.add_argument("--overlap-tokens", type=int, default=0,
+                   help="tokens a target extends over its neighbours, as generation's overlap_tokens (default 0)")
     p.add_argument("--overview-margin", type=int, default=4, help="parent tokens around a window's overview (default 4)")
     p.add_argument("--patch-size", type=int, default=2, help="latents per token side of the model to train (Z-Image: 2)")
     p.add_argument("--factor", type=int, default=4, help="µm/px ratio between ladder rungs (default 4)")
@@ -114,6 +116,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         vae, text_encoder, vae_path = _models(args)
         plan = PlanConfig(window_tokens=args.window_tokens, context_tokens=args.context_tokens,
+                          overlap_tokens=args.overlap_tokens,
                           overview_margin=args.overview_margin, factor=args.factor, patch_size=args.patch_size,
                           vae_factor=vae.spatial_factor, latent_channels=vae.latent_channels)
         manifest = prepare_dataset(
