@@ -19,6 +19,7 @@ At the end patients are split into train/val/test (`assign_splits`): no patient 
 from __future__ import annotations
 
 import csv
+import math
 import logging
 import re
 import warnings
@@ -245,6 +246,7 @@ def prepare_dataset(
     step_um = plan_config.window_latents * plan_config.vae_factor * final_mpp / grid_offsets
     origins = [(i * step_um, j * step_um) for i in range(grid_offsets) for j in range(grid_offsets)]
     jobs = [(p, r, k, o) for p, r in pairs for k, o in enumerate(origins)]
+    canvases: dict[tuple[str, float], np.ndarray] = {}  # shifted grids of one slide slice one encoding per level
     for slide_path, record, k, origin in tqdm(jobs, desc="slides", unit="slide", disable=not progress):
         sid = slide_id_of(slide_path) + (f"_o{k}" if k else "")
         entry = manifest.entry(sid)
@@ -273,7 +275,8 @@ def prepare_dataset(
         if features.shape[1] != text_info["feature_dim"]:
             raise ValueError(f"text encoder gave {features.shape[1]} features, expected {text_info['feature_dim']}")
         reason = _encode_slide(slide_path, entry, out, manifest, vae, background, encode_margin, batch_size,
-                               tissue_mpp, latent_dtype, progress)
+                               tissue_mpp, latent_dtype, progress,
+                               canvases if grid_offsets > 1 and getattr(vae, "tiny", False) else None)
         entry.status, entry.reason = ("skipped", reason) if reason else ("done", "")
         manifest.write(out)
 
@@ -306,11 +309,38 @@ def _open_manifest(out: Path, plan_config: PlanConfig, final_mpp: float, coarses
     return old
 
 
+CANVAS_LIMIT = 256 << 20
+"""Largest level (latent bytes, float32) encoded whole and kept for the shifted grids of ``--grid-offsets``."""
+
+
+def _level_canvas(slide: Any, slide_path: Path, mpp: float, n_px: int, vae: Any,
+                  canvases: dict[tuple[str, float], np.ndarray]) -> np.ndarray | None:
+    """The whole level's latents ``(C, h, w)`` (the slide at ``mpp`` plus one window of white beyond its bottom and
+    right edges), encoded once in overlapping tiles and cached; None when it would exceed `CANVAS_LIMIT`."""
+    key = (str(slide_path), float(mpp))
+    if key not in canvases:
+        f = vae.spatial_factor
+        w0, h0 = slide.dimensions
+        w_px = (math.ceil(w0 * slide.mpp.x / mpp / n_px) + 1) * n_px
+        h_px = (math.ceil(h0 * slide.mpp.y / mpp / n_px) + 1) * n_px
+        if vae.latent_channels * (h_px // f) * (w_px // f) * 4 > CANVAS_LIMIT:
+            return None
+        pixels = slide.read_region_mpp((0, 0), mpp, (w_px, h_px))
+        canvases[key] = vae.encode_tiled(pixels, tile=64, overlap=8).cpu().numpy()  # (C, h_px/f, w_px/f)
+    return canvases[key]
+
+
 def _encode_slide(
     slide_path: Path, entry: SlideEntry, out: Path, manifest: Manifest, vae: Any, background: np.ndarray,
     margin: int, batch_size: int, tissue_mpp: float, latent_dtype: str, progress: bool,
+    canvases: dict[tuple[str, float], np.ndarray] | None = None,
 ) -> str:
-    """Encode one slide's windows into its store; returns a reason when the slide is skipped ("" when done)."""
+    """Encode one slide's windows into its store; returns a reason when the slide is skipped ("" when done).
+
+    With ``canvases`` (shifted grids of a small slide, and an encoder without normalisation layers, such as TAEF1's,
+    whose latents do not depend on the tiling), a level whose grid origin falls on whole latents is encoded once
+    (`_level_canvas`) and every entry's windows are slices of it, instead of each window being encoded with its
+    margin: the same latents away from tile borders, at 1/N² of the encoder's work."""
     from slide_io import WindowStore, detect_tissue, open_slide
 
     config = manifest.plan_config
@@ -344,6 +374,10 @@ def _encode_slide(
         bar = _progress(sum(len(p) for p in pending.values()), f"encode {entry.slide_id}", progress)
         for lv, ws in zip(plan.levels, tissue):
             keep = {(w.row, w.col) for w in ws}
+            canvas, (ly, lx) = None, (oy / (lv.mpp * config.vae_factor), ox / (lv.mpp * config.vae_factor))
+            if canvases is not None and pending[lv.index] and ly == round(ly) and lx == round(lx):
+                canvas = _level_canvas(slide, slide_path, lv.mpp, n * config.vae_factor, vae, canvases)
+            ly, lx = round(ly), round(lx)
             for row in sorted({r for r, _ in pending[lv.index]}):  # one store write per row of windows
                 cols = sorted(c for r, c in pending[lv.index] if r == row)
                 band = store.read(lv.index, (row * n, (row + 1) * n), (0, lv.latent_shape[1])).astype(np.float32)
@@ -351,6 +385,11 @@ def _encode_slide(
                 for c in cols:
                     if (row, c) not in keep:
                         band[:, :, c * n : (c + 1) * n] = background
+                if canvas is not None:
+                    for w in encode:
+                        r0, c0 = ly + w.row * n, lx + w.col * n
+                        band[:, :, w.col * n : (w.col + 1) * n] = canvas[:, r0 : r0 + n, c0 : c0 + n]
+                    encode = []
                 for i in range(0, len(encode), batch_size):
                     batch = encode[i : i + batch_size]
                     pixels = np.stack([_read_window(slide, plan, w, margin, entry.origin_um) for w in batch])
