@@ -2,7 +2,7 @@
 held-out windows, and the generation cost of each shape.
 
 Each candidate trains with the real trainer (`zwsi.train.trainer.Trainer`, the given config, `model.overrides`
-for the shape) for the same number of steps from DiT's initialisation; its EMA weights are then scored on a second
+for the shape) for the same number of steps from DiT's initialisation; its final weights are then scored on a second
 prepared dataset of windows it never saw (the held-out CMU strip in `configs/default_model/build.sh`) at fixed
 sigmas, with the objective's prediction (velocity loss either way, so shapes compare on one scale). The generation
 cost is the forward time of a batch of 8 windows shaped as generation builds them (target with its overlap,
@@ -94,7 +94,8 @@ def main() -> None:
         start = time.perf_counter()
         result = Trainer(config, out=out, dataset=args.dataset).fit()
         seconds = time.perf_counter() - start
-        model = load_transformer(out / "final" / "ema-transformer", dtype="fp32").eval()
+        # the raw weights: an EMA over a few hundred steps still leans on the initialisation
+        model = load_transformer(out / "final" / "transformer", dtype="fp32").eval()
         losses = held_out_loss(model, args.holdout, config)
         rows.append({"name": name, "dim": dim, "layers": layers, "heads": heads,
                      "params": sum(q.numel() for q in model.parameters()), "steps": result.steps,

@@ -26,11 +26,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from validation.bootstrap import Interval, bootstrap_interval, permutation_pvalue
+from validation.c2st import classifier_two_sample_test
 from validation.fid import frechet_distance
 from validation.image_metrics import mmd, ms_ssim_pairs, paired_ssim_psnr
 from validation.inputs import TileSet, load_tileset
 from validation.memorisation import MemorisationReport, memorisation_check
 from validation.morphology import STATISTICS, UNITS, tile_statistics
+from validation.seams import N_REF, REF_STEP
 from validation.stain import macenko_vectors, mean_stain_vectors, stain_angles
 
 PSNR_CAP = 100.0  # identical tiles have infinite PSNR; report this many dB instead
@@ -47,7 +49,7 @@ class ValidationConfig:
     max_tiles: int = 64
     tile_mpp: float | None = None
     paired: bool = False
-    window: int = 1024
+    window: int | None = None  # None: the synthetic slide's generation windows (its provenance), else 1024
     n_resamples: int = 200
     ms_ssim_pairs: int = 16
     seed: int = 0
@@ -207,6 +209,11 @@ def findings(metrics: dict[str, Any]) -> list[str]:
             if m["beyond_reference"]:
                 out.append(f"{where} feature distribution differs: {label} {m['value']:.4g} (real vs real halves "
                            f"{m['real_vs_real']['value']:.4g}), permutation p = {m['p_value']:.3g}")
+        c2st = level.get("c2st")
+        if c2st and c2st["low"] > 0.5:
+            out.append(f"{where} a classifier tells synthetic from real tiles: AUC {c2st['auc']:.2f} "
+                       f"({100 * c2st['level']:.0f}% interval {c2st['low']:.2f}-{c2st['high']:.2f}; 0.5 = "
+                       f"indistinguishable)")
         stats = level["statistics"]
         stain = [n for n in ("hematoxylin", "eosin") if stats[n]["beyond_reference"]]
         mac = level["stain_vectors"]
@@ -256,26 +263,54 @@ def _describe(name: str, stats: dict[str, Any], mac: dict[str, Any]) -> str:
 
 
 # --- the run --------------------------------------------------------------------------------------------------------
-def _slide_checks(tileset: TileSet, mpps: Sequence[float], window: int, seed: int) -> list[dict[str, Any]]:
+MIN_SEAM_WINDOW = 2 * REF_STEP * N_REF
+"""The smallest window `validation.seams.seam_report` measures (px)."""
+
+
+def generation_window(slide: Any) -> tuple[int, float] | None:
+    """(window side in px, at µm/px) of the windows a Z-WSI slide was generated in, from its provenance's plan; None
+    for slides without one. Every pyramid level is made from level 0, so only level 0's windows leave borders."""
+    plan = ((getattr(slide, "provenance", None) and slide.provenance.extra) or {}).get("plan")
+    if not plan:
+        return None
+    return int(plan["window_tokens"]) * int(plan["patch_size"]) * int(plan["vae_factor"]), float(slide.mpp.x)
+
+
+def _slide_checks(tileset: TileSet, mpps: Sequence[float], window: int | None, seed: int,
+                  generated: tuple[int, float] | None = None) -> list[dict[str, Any]]:
+    """Seams and level consistency of each slide. The seam grid is ``window`` px at every µm/px when given, else the
+    windows the synthetic slides were generated in (``generated``, or the slide's own provenance), scaled to each
+    µm/px — so every generated border is checked, and real slides are measured on the same grid as a reference."""
     import slide_io
 
+    from validation.inputs import level_key
     from validation.slide_checks import slide_level_consistency, slide_seam_report
 
     out = []
     for path in tileset.slides:
         with slide_io.open_slide(path) as slide:
             seams = {}
+            grid = generation_window(slide) or generated
             for mpp in mpps:
-                from validation.inputs import level_key
-
-                rep = slide_seam_report(slide, mpp, window, seed=seed)
+                side = window if window is not None else (round(grid[0] * grid[1] / mpp) if grid else 1024)
+                if side < MIN_SEAM_WINDOW:  # a window of a few pixels at a coarse µm/px has no measurable border
+                    continue
+                rep = slide_seam_report(slide, mpp, side, seed=seed)
                 if math.isfinite(rep.score):
-                    seams[level_key(mpp)] = rep.to_dict()
+                    seams[level_key(mpp)] = rep.to_dict() | {"window": side}
             out.append({"name": path.name, "path": str(path), "dimensions": list(slide.dimensions),
                         "level_count": slide.level_count, "mpp": slide.mpp.x, "synthetic": slide.is_synthetic,
                         "seams": seams,
                         "level_consistency": [lc.to_dict() for lc in slide_level_consistency(slide, seed=seed)]})
     return out
+
+
+def generation_window_of(path: Path) -> tuple[int, float] | None:
+    """`generation_window` of the slide at ``path``."""
+    import slide_io
+
+    with slide_io.open_slide(path) as slide:
+        return generation_window(slide)
 
 
 def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], out_dir: str | Path, *,
@@ -347,6 +382,7 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
             "diversity": compare_diversity(r.tiles, s.tiles, config),
             "statistics": compare_statistics(rs, ss, config),
             "stain_vectors": compare_stain_vectors(r.tiles, s.tiles, config),
+            "c2st": classifier_two_sample_test(rf, sf, seed=config.seed, n_resamples=config.n_resamples),
         }
         if config.paired:
             if r.tiles.shape != s.tiles.shape:
@@ -363,8 +399,10 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
         raise ValueError(msg)
     slide_mpps = [lv.mpp for k, lv in real_set.levels.items() if k in levels and lv.mpp is not None]
     console.log("slide checks: seams and level consistency")
-    slides = {"real": _slide_checks(real_set, slide_mpps, config.window, config.seed),
-              "synthetic": _slide_checks(synth_set, slide_mpps, config.window, config.seed)}
+    synthetic = _slide_checks(synth_set, slide_mpps, config.window, config.seed)
+    grid = next((generation_window_of(p) for p in synth_set.slides if generation_window_of(p)), None)
+    slides = {"real": _slide_checks(real_set, slide_mpps, config.window, config.seed, generated=grid),
+              "synthetic": synthetic}
     result.metrics = {
         "feature_extractor": extractor.name,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},

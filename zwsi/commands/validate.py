@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--tile-mpp", type=float, help="µm/px of tile images, when known")
     p.add_argument("--paired", action="store_true",
                    help="synthetic is a reconstruction of real (same size): read the same places, add SSIM/PSNR")
-    p.add_argument("--window", type=int, default=1024, help="generation window side in px, for seams (default 1024)")
+    p.add_argument("--window", type=int, default=None,
+                   help="generation window side in px at every µm/px, for seams (default: the synthetic slide's own "
+                   "windows, read from its provenance, scaled to each µm/px; 1024 for slides without one)")
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-html", action="store_true", help="write metrics.json only")

@@ -454,6 +454,7 @@ class SlideGenerator:
                                  "phi_policy": cfg.phi_policy},
                 "model": self.name, "request": request,
                 "ladder_mpp": [lv.mpp for lv in plan.levels],
+                "plan": dataclasses.asdict(plan.config),  # window geometry: `zwsi validate` checks every border
                 "generate_config": settings,
             },
         )
