@@ -115,3 +115,61 @@ def seam_report(image: NDArray[np.generic], window: int, origin: tuple[int, int]
     border, ref = bx + by, rx + ry
     score = border / ref if ref > 0 else float("nan")
     return SeamReport(float(score), border, ref, tuple(seg_x + seg_y), flag_ratio)
+
+
+# ---- the layout: outlines along the window grid, periodic stripes ---------------------------------------------------
+GLASS_MIN = 215  # a block whose mean is at least this bright in every channel ...
+GLASS_MAX_SPREAD = 18  # ... and whose channels differ by at most this much is blank glass
+
+
+def glass_blocks(image: NDArray[np.uint8], block: int = 16) -> NDArray[np.bool_]:
+    """``(h // block, w // block)`` bool: blocks whose mean colour is blank glass (bright and unsaturated)."""
+    arr = np.asarray(image, dtype=np.float64)[..., :3]
+    h, w = (arr.shape[0] // block) * block, (arr.shape[1] // block) * block
+    if h == 0 or w == 0:
+        raise ValueError(f"image of {arr.shape[1]}x{arr.shape[0]} px holds no {block} px block")
+    means = arr[:h, :w].reshape(h // block, block, w // block, block, 3).mean(axis=(1, 3))  # (H, W, 3)
+    return (means.min(axis=-1) >= GLASS_MIN) & (np.ptp(means, axis=-1) <= GLASS_MAX_SPREAD)
+
+
+def outline_grid_ratio(image: NDArray[np.uint8], window: int, block: int = 16) -> float:
+    """How much more often than chance the outline of what is not glass runs along the window grid.
+
+    On ``block``-pixel block means, outline blocks are those with a 4-neighbour of the other kind (glass vs not). A
+    block is on the grid when it touches a window border (``window`` px, from the top-left); the ratio is the grid
+    share of outline blocks over the grid share of all blocks: ≈ 1 when outlines ignore the grid (a real slide),
+    well above 1 when tissue comes in window-shaped blocks. NaN without any outline.
+
+    Raises:
+        ValueError: ``window`` not a multiple of ``block`` of at least 2 blocks.
+    """
+    if window % block or window < 2 * block:
+        raise ValueError(f"window={window} px must be a multiple of block={block} px and at least 2 blocks")
+    glass = glass_blocks(image, block)
+    edge = np.zeros_like(glass)
+    edge[1:] |= glass[1:] != glass[:-1]
+    edge[:-1] |= glass[1:] != glass[:-1]
+    edge[:, 1:] |= glass[:, 1:] != glass[:, :-1]
+    edge[:, :-1] |= glass[:, 1:] != glass[:, :-1]
+    k = window // block
+    rows, cols = np.arange(glass.shape[0]) % k, np.arange(glass.shape[1]) % k
+    on_grid = ((rows == 0) | (rows == k - 1))[:, None] | ((cols == 0) | (cols == k - 1))[None, :]
+    if not edge.any():
+        return float("nan")
+    return float(on_grid[edge].mean() / on_grid.mean())
+
+
+def stripe_peak_ratio(image: NDArray[np.generic], min_period: int = 8, max_period: int = 256) -> float:
+    """Strength of periodic horizontal stripes: the row profile's (mean grey per row) largest spectral peak at
+    periods ``min_period``..``max_period`` px over the median magnitude of its neighbouring frequencies (±8 bins)."""
+    grey = _grey(image)
+    profile = grey.mean(axis=1) - grey.mean()
+    n = len(profile)
+    if n < 2 * max_period:
+        raise ValueError(f"image of {n} rows is too short for periods up to {max_period} px (need {2 * max_period})")
+    mag = np.abs(np.fft.rfft(profile * np.hanning(n)))
+    freqs = np.fft.rfftfreq(n)
+    band = np.flatnonzero((freqs >= 1 / max_period) & (freqs <= 1 / min_period))
+    peak = band[np.argmax(mag[band])]
+    neighbours = np.r_[mag[max(peak - 8, 1) : peak - 1], mag[peak + 2 : peak + 9]]
+    return float(mag[peak] / max(np.median(neighbours), 1e-12))

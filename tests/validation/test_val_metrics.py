@@ -129,3 +129,30 @@ def test_memorisation_flags_a_planted_copy_with_its_training_pair():
     assert idx.tolist() == [0, 1, 2] and dist == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match=r"ratio=2 must be in \(0, 1\]"):
         memorisation_check(generated, heldout, training, ratio=2)
+
+
+# ---- layout measures: outlines along the window grid, stripes ---------------------------------------------------------
+def test_outline_grid_ratio_sees_window_shaped_tissue_and_not_round_tissue() -> None:
+    from validation.seams import outline_grid_ratio
+
+    image = np.full((512, 512, 3), 245, np.uint8)  # glass
+    image[128:256, 256:384] = (150, 80, 160)  # one window-shaped block of tissue, windows of 128 px
+    blocky = outline_grid_ratio(image, 128)
+    yy, xx = np.mgrid[:512, :512]
+    round_ = np.full((512, 512, 3), 245, np.uint8)
+    round_[(yy - 250) ** 2 + (xx - 230) ** 2 < 150**2] = (150, 80, 160)
+    # 8 x 8 blocks of 16 px per window, 4 of them (0, 7 on each axis) on the grid: chance share 1 - (6/8)^2 = 0.4375
+    assert blocky == pytest.approx(1 / 0.4375)  # every outline block of a window-shaped tissue lies on the grid
+    assert 0.5 < outline_grid_ratio(round_, 128) < 1.4
+    with pytest.raises(ValueError, match="window=100 px must be a multiple of block=16 px"):
+        outline_grid_ratio(image, 100)
+
+
+def test_stripe_peak_ratio_finds_periodic_rows() -> None:
+    from validation.seams import stripe_peak_ratio
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(128, 20, (1024, 256))
+    striped = noise + 30 * (np.arange(1024) % 56 < 4)[:, None]  # a bright 4-row stripe every 56 px
+    assert stripe_peak_ratio(striped) > 30
+    assert stripe_peak_ratio(noise) < 8
