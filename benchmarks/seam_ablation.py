@@ -15,7 +15,7 @@ each level's own µm/px and window grid):
     python benchmarks/seam_ablation.py --model v1=path/to/old-model --model v2=zwsi/default_model \\
         --overlap 0 1 --seeds 0 1 2 3 --out runs/seam-ablation
 
-Prints a table and writes OUT/ablation.json. The real slide's figures come from
+Prints a table and writes OUT/ablation.json; a rerun into the same OUT measures only what is missing. The real slide's figures come from
 `--real zwsi/default_model/slide/CMU-1-Small-Region.svs` (its level 0, windows of the same size).
 """
 
@@ -83,8 +83,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    if args.real:
+    done = args.out / "ablation.json"
+    rows = json.loads(done.read_text()) if done.is_file() else []  # a rerun adds to what was measured
+    have = {(r["model"], r["overlap"], r["seed"]) for r in rows}
+    if args.real and ("real", None, None) not in have:
         import slide_io
 
         with slide_io.open_slide(args.real) as slide:
@@ -95,6 +97,8 @@ def main() -> None:
         label, folder = spec.split("=", 1)
         for overlap in args.overlap:
             for seed in args.seeds:
+                if (label, overlap, seed) in have:
+                    continue
                 levels, window, seconds = generate(folder, overlap, seed, args.out)
                 rows.append({"model": label, "overlap": overlap, "seed": seed, "seconds": seconds,
                              **measure(levels, window)})

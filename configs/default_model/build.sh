@@ -30,9 +30,12 @@ GEOMETRY="--mpp 0.5 --coarsest-mpp 8 --factor 4 --window-tokens 16 --context-tok
 mkdir -p "$RUN/slides/train" "$RUN/slides/holdout"
 
 # 0. hold out the right quarter of the slide (level-0 x >= 1665 of 2220 px): never trained on, the reference for
-#    every metric
-[ -f "$RUN/slides/train/CMU-1-Small-Region.tif" ] || \
-  $ZWSI slide convert "$SLIDE" "$RUN/slides/train/CMU-1-Small-Region.tif" --region 0,0,1665,2967 --quality 95 --no-progress
+#    every metric. The left three quarters are written in their 8 flips and quarter turns (histology has no
+#    preferred orientation; TAEF1's latents do not turn with the image, so the pixels are turned, then encoded)
+for k in 0 1 2 3 4 5 6 7; do
+  [ -f "$RUN/slides/train/CMU-1-Small-Region-d$k.tif" ] || $ZWSI slide convert "$SLIDE" \
+    "$RUN/slides/train/CMU-1-Small-Region-d$k.tif" --region 0,0,1665,2967 --dihedral $k --quality 95 --no-progress
+done
 [ -f "$RUN/slides/holdout/CMU-1-Small-Region.tif" ] || \
   $ZWSI slide convert "$SLIDE" "$RUN/slides/holdout/CMU-1-Small-Region.tif" --region 1665,0,555,2967 --quality 95 --no-progress
 
@@ -48,9 +51,11 @@ elif [ ! -f "$CODEC/config.json" ]; then
 fi
 
 # 2. the datasets: tissue windows on the 8 -> 2 -> 0.5 µm/px ladder, 16-token (512 px) windows of the patch-4 model
-#    with 1-token overlapping targets, from 4 x 4 shifted grids; the description encoded by the offline MiniLM
-$ZWSI prepare --slides "$RUN/slides/train/CMU-1-Small-Region.tif" --reports configs/default_model/CMU-1-Small-Region.txt \
-  --out "$RUN/dataset" --vae "$CODEC" --text-encoder minilm $GEOMETRY --grid-offsets 4 --device "$DEVICE" --no-progress
+#    with 1-token overlapping targets, from 4 x 4 shifted grids of each of the 8 orientations (128 entries of one
+#    patient); the description encoded by the offline MiniLM
+$ZWSI prepare --slides "$RUN/slides/train" --reports configs/default_model/CMU-1-Small-Region.txt \
+  --match configs/default_model/train-slides.csv --splits 1,0,0 --out "$RUN/dataset" --vae "$CODEC" \
+  --text-encoder minilm $GEOMETRY --grid-offsets 4 --device "$DEVICE" --no-progress
 $ZWSI prepare --slides "$RUN/slides/holdout/CMU-1-Small-Region.tif" --reports configs/default_model/CMU-1-Small-Region.txt \
   --out "$RUN/dataset-holdout" --vae "$CODEC" --text-encoder minilm $GEOMETRY --device "$DEVICE" --no-progress
 

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from slide_io.dihedral import output_shape
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `zwsi slide info`, `zwsi slide thumbnail` and `zwsi slide convert`."""
@@ -48,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     conv.add_argument("--region", default=None, metavar="X,Y,W,H",
                       help="only this level-0 region (pixels, OpenSlide's x, y from the top-left): e.g. to hold out "
                       "part of a slide from training")
+    conv.add_argument("--dihedral", type=int, default=0, choices=range(8), metavar="K",
+                      help="write the slide turned K %% 4 quarter turns counter-clockwise, then flipped left-right "
+                      "when K >= 4 (0..7; training augmentation: histology has no preferred orientation)")
     conv.add_argument("--backend", **backend)
     conv.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     conv.set_defaults(func=run_convert)
@@ -141,6 +146,20 @@ def _region(text: str, dimensions: tuple[int, int]) -> tuple[int, int, int, int]
     return x, y, w, h
 
 
+def _transformed_source(slide: Any, box: tuple[int, int, int, int], k: int) -> Any:
+    """A tile reader of dihedral transform ``k`` of a level-0 ``box`` (x, y, w, h): each output tile reads the input
+    box it comes from (`slide_io.dihedral.source_box`) and transforms it."""
+    from slide_io.dihedral import dihedral, source_box
+
+    x0, y0, w, h = box
+
+    def read(x: int, y: int, tw: int, th: int) -> Any:
+        (r0, r1), (c0, c1) = source_box((y, y + th), (x, x + tw), k, (h, w))
+        return dihedral(slide.read_region((x0 + c0, y0 + r0), 0, (c1 - c0, r1 - r0), as_array=True), k)
+
+    return read
+
+
 def run_convert(args: argparse.Namespace) -> int:
     import slide_io
 
@@ -152,16 +171,16 @@ def run_convert(args: argparse.Namespace) -> int:
                        "source_sha256": slide_io.sha256_file(args.input)},
             )
             source, size = slide, None
-            if args.region is not None:
-                x0, y0, w, h = _region(args.region, slide.dimensions)
-                provenance.extra["region_level0"] = [x0, y0, w, h]
-
-                def source(x: int, y: int, tw: int, th: int) -> Any:
-                    return slide.read_region((x0 + x, y0 + y), 0, (tw, th), as_array=True)
-
-                size = (w, h)
+            if args.region is not None or args.dihedral:
+                x0, y0, w, h = _region(args.region, slide.dimensions) if args.region else (0, 0, *slide.dimensions)
+                if args.region is not None:
+                    provenance.extra["region_level0"] = [x0, y0, w, h]
+                if args.dihedral:
+                    provenance.extra["dihedral"] = args.dihedral
+                source = _transformed_source(slide, (x0, y0, w, h), args.dihedral)
+                size = output_shape((h, w), args.dihedral)[::-1]
             out = slide_io.write_pyramid(
-                args.output, source, size=size, mpp=None if args.region is None else slide.mpp.x,
+                args.output, source, size=size, mpp=None if size is None else slide.mpp.x,
                 compression=args.compression, quality=args.quality, tile_size=args.tile_size,
                 provenance=provenance, ome=args.ome, progress=not args.no_progress,
             )
