@@ -70,6 +70,8 @@ class ModelSection:
     decoder_blocks: tuple[int, ...] = (3, 3, 3, 1)  # kind taef1: AutoencoderTiny blocks per decoder stage
     decoder_noise: float = 0.0  # kind taef1: std of Gaussian noise on the latents the decoder learns from (raw units),
     # so it also decodes a generator's slightly-off latents as tissue rather than as grain
+    taef1_decoder: bool = False  # kind taef1: keep TAEF1's own decoder too; nothing trains (budget.max_steps: 0), the
+    # run measures the latent scaling on the data and exports
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
     layers_per_block: int = 1
     latent_channels: int = 16
@@ -177,8 +179,8 @@ class BudgetSection:
     max_steps: int = 400
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_steps < 1:
-            raise ValueError(f"budget.batch_size and budget.max_steps must be >= 1, got {self.batch_size}, "
+        if self.batch_size < 1 or self.max_steps < 0:
+            raise ValueError(f"budget.batch_size must be >= 1 and budget.max_steps >= 0, got {self.batch_size}, "
                              f"{self.max_steps}")
 
 
@@ -304,6 +306,8 @@ def build_autoencoder(model: ModelSection) -> torch.nn.Module:
     if model.kind == "taef1":
         from zwsi.taef1 import taef1_autoencoder
 
+        if model.taef1_decoder:
+            return taef1_autoencoder(model.taef1).requires_grad_(False)
         tiny = taef1_autoencoder(model.taef1, decoder_block_out_channels=model.block_out_channels,
                                  num_decoder_blocks=model.decoder_blocks)
         tiny.encoder.requires_grad_(False)
@@ -655,6 +659,11 @@ class VAETrainer:
             self.ema.load_state_dict(self.model.state_dict())
         self.loss_fn = VAELoss(cfg.loss)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not trainable and cfg.budget.max_steps > 0:
+            raise ValueError(f"nothing to train (model.taef1_decoder keeps TAEF1 whole) but budget.max_steps = "
+                             f"{cfg.budget.max_steps}; set it to 0 to measure the latent scaling and export")
+        if not trainable:  # measure and export only
+            trainable = [torch.nn.Parameter(torch.zeros(()))]
         self.opt = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=cfg.optim.betas,
                                      weight_decay=cfg.optim.weight_decay)
         self.sampler = CropSampler(cfg.data, seed=cfg.seed, val_crops=cfg.validation.crops_per_mpp)

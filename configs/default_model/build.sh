@@ -2,14 +2,14 @@
 # Rebuild the built-in default model (zwsi/default_model) with the project's own commands. Every step resumes:
 # rerun the script after an interruption.
 #
-#   bash configs/default_model/build.sh                  # CPU: ~2 h on 2 cores, from the repository root, in the venv
+#   bash configs/default_model/build.sh                  # CPU: ~75 min on 2 cores, from the repository root, in the venv
 #   bash configs/default_model/build.sh --device cuda    # GPU recipe: the transformer only, larger (configs/train/
 #                                                        # zwsi-small-gpu.yaml), on the shipped codec; ~8 min on an H200
 #   RUN=runs/my-default bash configs/default_model/build.sh
 #
-# Data: the left three quarters of the CC0 slide CMU-1-Small-Region.svs (the right quarter is held out of the codec
-# and the transformer, and every metric in MODEL_CARD.md is measured against it) and, for the codec's decoder, the
-# other openly licensed H&E of ../shared/data (configs/vae/taef1-decoder.yaml; licences in that folder's README).
+# Data: the left three quarters of the CC0 slide CMU-1-Small-Region.svs, in its 8 orientations (the right quarter is
+# held out, and every metric in MODEL_CARD.md is measured against it); the codec's latent scaling is measured on
+# crops of it and of the other openly licensed H&E of ../shared/data (licences in that folder's README).
 # The result is copied into zwsi/default_model/ (transformer/, vae/, text_encoder/, scheduler/, zwsi_plan.json,
 # zwsi_generate.yaml); MODEL_CARD.md there records the measured figures and is edited by hand.
 set -euo pipefail
@@ -39,15 +39,13 @@ done
 [ -f "$RUN/slides/holdout/CMU-1-Small-Region.tif" ] || \
   $ZWSI slide convert "$SLIDE" "$RUN/slides/holdout/CMU-1-Small-Region.tif" --region 1665,0,555,2967 --quality 95 --no-progress
 
-# 1. the codec: TAEF1's encoder (Z-Image's latent space, frozen) + a thin decoder trained on H&E (CPU, ~45 min);
-#    the GPU recipe reuses the shipped codec
+# 1. the codec: TAEF1 unchanged (Z-Image's own latent space), its latent scaling measured on H&E crops (~1 min;
+#    needs ../shared/weights/taef1); the GPU recipe reuses the shipped codec
 CODEC="$RUN/codec/vae"
 if [ "$DEVICE" != cpu ]; then
   CODEC=zwsi/default_model/vae
 elif [ ! -f "$CODEC/config.json" ]; then
-  resume=""
-  if ls -d "$RUN"/codec/checkpoints/step_* >/dev/null 2>&1; then resume="--resume"; fi
-  $ZWSI train-vae --config configs/vae/taef1-decoder.yaml --out "$RUN/codec" --no-progress $resume
+  $ZWSI train-vae --config configs/vae/taef1.yaml --out "$RUN/codec" --no-progress
 fi
 
 # 2. the datasets: tissue windows on the 8 -> 2 -> 0.5 µm/px ladder, 16-token (512 px) windows of the patch-4 model
