@@ -72,6 +72,8 @@ class ModelSection:
     # so it also decodes a generator's slightly-off latents as tissue rather than as grain
     taef1_decoder: bool = False  # kind taef1: keep TAEF1's own decoder too; nothing trains (budget.max_steps: 0), the
     # run measures the latent scaling on the data and exports
+    distill: bool = False  # kind taef1: learn TAEF1's decoder output, a function of the latent, instead of the pixels
+    # (which the latent does not determine: trained on pixels, L1/SSIM average them into blur)
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
     layers_per_block: int = 1
     latent_channels: int = 16
@@ -744,6 +746,14 @@ class VAETrainer:
         with open(self.out / "log.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
+    def _teacher(self) -> torch.nn.Module:
+        """TAEF1 whole, frozen: the decoder a ``distill`` run learns to reproduce."""
+        if not hasattr(self, "_teacher_model"):
+            from zwsi.taef1 import taef1_autoencoder
+
+            self._teacher_model = taef1_autoencoder(self.cfg.model.taef1).requires_grad_(False)
+        return self._teacher_model
+
     def _eval_model(self) -> torch.nn.Module:
         return self.ema if self.ema is not None else self.model
 
@@ -760,6 +770,8 @@ class VAETrainer:
                 z = self.model.encode(x).latents  # (B, 16, c/8, c/8): TAEF1's latents, a frozen encoder
                 if cfg.model.decoder_noise > 0:
                     z = z + cfg.model.decoder_noise * torch.randn(z.shape, generator=gen)
+                if cfg.model.distill:  # the teacher's sharp decoding of this latent is the target
+                    x = self._teacher().decode(z).sample.clamp(-1, 1)  # (B, 3, c, c)
             recon, posterior = self.model.decode(z).sample, None  # (B, 3, c, c)
         else:
             posterior = self.model.encode(x).latent_dist

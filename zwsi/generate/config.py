@@ -62,6 +62,9 @@ class GenerateConfig:
         device: "cpu", "cuda", "cuda:1"...; None picks the process's accelerator (accelerate) or the CPU.
         glass_cleanup: after decoding, blend pale unsaturated pixels (glass) toward the blank background
             (`zwsi.generate.glass.clean_glass`); for VAEs that render glass grey or striped (the default model's).
+        paint_glass: paint windows filled as background pure white after decoding (for codecs that decode a uniform
+            latent poorly, as the first built-in model's did); off, the codec renders the glass itself, so windows
+            the overlap blended into glass meet untouched glass without a step.
         plan_override: generate with geometry or a shift other than the model's training plan (``zwsi_plan.json``)
             on purpose (warned); without it such a config is refused.
     """
@@ -91,6 +94,7 @@ class GenerateConfig:
     dtype: str = "bf16"
     device: str | None = None
     glass_cleanup: bool = False
+    paint_glass: bool = True
     plan_override: bool = False
 
     def __post_init__(self) -> None:

@@ -632,7 +632,7 @@ class SlideGenerator:
             cfg, info = self.config, plan.level(level)
             h, w = info.slide_pixels
             pixels.create_level(level, (h, w), mpp=info.mpp, grid=(h, w))
-            glass = self._glass_boxes(plan, level, latents)
+            glass = self._glass_boxes(plan, level, latents) if cfg.paint_glass else []
             bands = self.vae.iter_decode(lambda r, c: latents.read(level, r, c), info.latent_shape,
                                          tile=cfg.vae_tile, overlap=cfg.vae_overlap)
             total = len(tile_spans(info.latent_shape[0], cfg.vae_tile, cfg.vae_overlap))
