@@ -39,3 +39,19 @@ def test_convert_writes_a_region_turned_and_flipped_exactly(tmp_path, cmu, k: in
         np.testing.assert_array_equal(dst.read_region((0, 0), 0, dst.dimensions, as_array=True), want)
         assert dst.provenance.extra["region_level0"] == [100, 200, 300, 500]
     assert main(["slide", "convert", str(cmu), str(tmp_path / "bad.tiff"), "--region", "2000,0,300,10"]) == 2
+
+
+def test_convert_pads_a_turned_region_with_glass(tmp_path, cmu) -> None:
+    from tests.slide_io.test_slide_cli import main
+
+    out = tmp_path / "pad.tiff"
+    args = ["slide", "convert", str(cmu), str(out), "--compression", "deflate", "--no-progress", "--region",
+            "100,200,300,500", "--dihedral", "1", "--pad", "10,20,30,40", "--pad-rgb", "240,241,242"]
+    assert main(args) == 0
+    with slide_io.open_slide(cmu) as src, slide_io.open_slide(out) as dst:
+        inner = dihedral(src.read_region((100, 200), 0, (300, 500), as_array=True), 1)  # (300, 500, 3)
+        got = dst.read_region((0, 0), 0, dst.dimensions, as_array=True)
+        assert dst.dimensions == (500 + 20 + 40, 300 + 10 + 30)
+        np.testing.assert_array_equal(got[10:310, 20:520], inner)
+        assert (got[:10] == (240, 241, 242)).all() and (got[:, 520:] == (240, 241, 242)).all()
+    assert main(["slide", "convert", str(cmu), str(tmp_path / "b.tiff"), "--pad", "1,2,3"]) == 2

@@ -53,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     conv.add_argument("--dihedral", type=int, default=0, choices=range(8), metavar="K",
                       help="write the slide turned K %% 4 quarter turns counter-clockwise, then flipped left-right "
                       "when K >= 4 (0..7; training augmentation: histology has no preferred orientation)")
+    conv.add_argument("--pad", default=None, metavar="TOP,LEFT,BOTTOM,RIGHT",
+                      help="add a margin of blank glass around the (region of the) slide, in level-0 pixels, after "
+                      "--dihedral: e.g. to place a tissue crop at several positions of a slide-sized layout")
+    conv.add_argument("--pad-rgb", default="246,243,243", metavar="R,G,B",
+                      help="the glass colour of --pad (default 246,243,243: the CMU slide's median glass)")
     conv.add_argument("--backend", **backend)
     conv.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     conv.set_defaults(func=run_convert)
@@ -160,6 +165,37 @@ def _transformed_source(slide: Any, box: tuple[int, int, int, int], k: int) -> A
     return read
 
 
+def _ints(text: str, n: int, flag: str) -> tuple[int, ...]:
+    """``n`` comma-separated non-negative integers."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != n or min(values) < 0:
+        raise ValueError(f"{flag} {text!r} must be {n} comma-separated non-negative integers")
+    return values
+
+
+def _padded(read: Any, size: tuple[int, int], pad: tuple[int, ...], rgb: tuple[int, ...]) -> Any:
+    """A tile reader of ``read``'s image (``size`` = width, height) inside a margin ``pad`` (top, left, bottom, right)
+    of colour ``rgb``."""
+    import numpy as np
+
+    top, left = pad[0], pad[1]
+    w, h = size
+
+    def tile(x: int, y: int, tw: int, th: int) -> Any:
+        out = np.empty((th, tw, 3), np.uint8)
+        out[:] = rgb
+        c0, c1 = max(x, left), min(x + tw, left + w)
+        r0, r1 = max(y, top), min(y + th, top + h)
+        if c1 > c0 and r1 > r0:
+            out[r0 - y : r1 - y, c0 - x : c1 - x] = read(c0 - left, r0 - top, c1 - c0, r1 - r0)
+        return out
+
+    return tile
+
+
 def run_convert(args: argparse.Namespace) -> int:
     import slide_io
 
@@ -171,7 +207,7 @@ def run_convert(args: argparse.Namespace) -> int:
                        "source_sha256": slide_io.sha256_file(args.input)},
             )
             source, size = slide, None
-            if args.region is not None or args.dihedral:
+            if args.region is not None or args.dihedral or args.pad is not None:
                 x0, y0, w, h = _region(args.region, slide.dimensions) if args.region else (0, 0, *slide.dimensions)
                 if args.region is not None:
                     provenance.extra["region_level0"] = [x0, y0, w, h]
@@ -179,6 +215,10 @@ def run_convert(args: argparse.Namespace) -> int:
                     provenance.extra["dihedral"] = args.dihedral
                 source = _transformed_source(slide, (x0, y0, w, h), args.dihedral)
                 size = output_shape((h, w), args.dihedral)[::-1]
+                if args.pad is not None:
+                    pad, rgb = _ints(args.pad, 4, "--pad"), _ints(args.pad_rgb, 3, "--pad-rgb")
+                    provenance.extra["pad_level0"] = list(pad)
+                    source, size = _padded(source, size, pad, rgb), (size[0] + pad[1] + pad[3], size[1] + pad[0] + pad[2])
             out = slide_io.write_pyramid(
                 args.output, source, size=size, mpp=None if size is None else slide.mpp.x,
                 compression=args.compression, quality=args.quality, tile_size=args.tile_size,
