@@ -25,7 +25,7 @@ RUN=${RUN:-runs/default}
 ZWSI=${ZWSI:-zwsi}
 TRAIN_CONFIG=configs/train/zwsi-small.yaml
 [ "$DEVICE" = cpu ] || TRAIN_CONFIG=configs/train/zwsi-small-gpu.yaml
-GEOMETRY="--mpp 0.5 --coarsest-mpp 8 --factor 4 --window-tokens 16 --context-tokens 2 --overlap-tokens 1
+GEOMETRY="--mpp 0.5 --coarsest-mpp 2 --factor 4 --window-tokens 16 --context-tokens 2 --overlap-tokens 1
   --overview-margin 2 --patch-size 4 --encode-margin 2"
 mkdir -p "$RUN/slides/train" "$RUN/slides/holdout"
 
@@ -48,7 +48,7 @@ elif [ ! -f "$CODEC/config.json" ]; then
   $ZWSI train-vae --config configs/vae/taef1.yaml --out "$RUN/codec" --no-progress
 fi
 
-# 2. the datasets: tissue windows on the 8 -> 2 -> 0.5 µm/px ladder, 16-token (512 px) windows of the patch-4 model
+# 2. the datasets: tissue windows on the 2 -> 0.5 µm/px ladder, 16-token (512 px) windows of the patch-4 model
 #    with 1-token overlapping targets, from 4 x 4 shifted grids of each of the 8 orientations (128 entries of one
 #    patient); the description encoded by the offline MiniLM
 $ZWSI prepare --slides "$RUN/slides/train" --reports configs/default_model/CMU-1-Small-Region.txt \
