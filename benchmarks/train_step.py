@@ -163,6 +163,7 @@ def make_step(model: torch.nn.Module, forward: Callable[[], list[torch.Tensor]],
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    step.optimizer = opt  # type: ignore[attr-defined]  (benchmarks/fake_estimate.py tracks its state)
     return step
 
 
