@@ -327,7 +327,8 @@ def probe(results: Path, dry_run: bool) -> None:
         info["pip_list"] = f"unavailable: {exc}"
     info["torch_features"] = {
         "varlen_attn": importlib.util.find_spec("torch.nn.attention.varlen") is not None,
-        "activate_flash_attention_impl": hasattr(torch.nn.attention, "activate_flash_attention_impl"),
+        "activate_flash_attention_impl": hasattr(importlib.import_module("torch.nn.attention"),
+                                                 "activate_flash_attention_impl"),
         "fully_shard": importlib.util.find_spec("torch.distributed.fsdp") is not None
         and hasattr(importlib.import_module("torch.distributed.fsdp"), "fully_shard"),
     }
