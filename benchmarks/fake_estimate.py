@@ -3,14 +3,19 @@
 Every case runs the real code (our S3DiT at the full Z-Image-Turbo size, the real LoRA injection, autocast, AdamW)
 under PyTorch's `FakeTensorMode`: tensors have shapes, dtypes and devices but no storage, so a 6B training step
 costs seconds of CPU and no memory. `FlopCounterMode` counts the FLOPs of every matmul and attention call
-(checkpointing's recomputation included), and `torch.distributed._tools.mem_tracker.MemTracker` follows every
-live storage (parameters, gradients, optimizer state, activations, temporaries) and reports the peak. The time is
+(checkpointing's recomputation included), and a dispatch mode (`LiveBytes`) sums the bytes of every live storage
+(parameters, gradients, optimizer state, activations, temporaries) and reports the peak; it agrees with
+`torch.distributed._tools.mem_tracker.MemTracker` (15.9 GiB for the 1024² forward), which costs ~10x the CPU time
+and cannot follow frozen parameters (a LoRA base: it hooks every parameter's gradient). The time is
 the FLOPs at the bf16 GEMM rate DESIGN §7 measured on an H100 (790 TFLOP/s; the H200 has the same compute): a
 floor, which the reference's compiled forward reached at 77%.
 
-Forward cases run on fake CUDA tensors (SDPA's CUDA dispatch, CUDA autocast); cases with a backward run on fake
-CPU tensors, because the autograd engine needs a real CUDA context for CUDA tensors. Tensor sizes do not depend on
-the device, so the memory is the same; the CPU SDPA kernel saves the same (output, logsumexp) for backward.
+Forward cases run on fake CUDA tensors with the `varlen` attention backend (the CUDA-only code path: cu_seqlens,
+`torch.nn.attention.varlen`, flash attention's fake kernel): SDPA's own CUDA kernel choice needs a real GPU's
+properties, and without them it falls back to the math kernel, whose N² attention matrix would count 60 GiB at
+2048² that the flash / cuDNN kernels never allocate. Cases with a backward run on fake CPU tensors (the autograd
+engine needs a real CUDA context for CUDA tensors), where SDPA picks its CPU flash kernel, which saves the same
+(output, logsumexp) for backward as the CUDA kernels. Tensor sizes do not depend on the device.
 
     .venv/bin/python benchmarks/fake_estimate.py                      # all cases, a table
     .venv/bin/python benchmarks/fake_estimate.py --cases fwd-1024 lora+ckpt --json out/estimate.jsonl
@@ -19,13 +24,17 @@ the device, so the memory is the same; the CPU SDPA kernel saves the same (outpu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import time
 from collections.abc import Callable
 from typing import Any
 
+import weakref
+
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
 
 from bench_json import JsonLines
 from zwsi.model import S3DiT, S3DiTConfig
@@ -53,43 +62,84 @@ def build(cfg: S3DiTConfig, device: str, dtype: torch.dtype, lora_rank: int | No
     return model.to_empty(device=device)
 
 
-class _NoHook:
-    def remove(self) -> None:
-        pass
+class LiveBytes(TorchDispatchMode):
+    """Peak of the bytes held by live tensor storages: every storage an op returns is counted until it is freed
+    (a weak-reference finalizer), plus the storages registered up front (parameters, gradients, optimizer state).
+    The fake storages have sizes but no memory, so this is what the caching allocator would have to hold, less its
+    rounding and fragmentation."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        super().__init__()
+        self.seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.live = self.peak = 0
+        for t in tensors:
+            self.track(t)
+
+    def track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        if storage in self.seen:
+            return
+        n = storage.nbytes()
+        self.seen[storage] = n
+        self.live += n
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, n)
+
+    def _free(self, n: int) -> None:
+        self.live -= n
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.track(t)
+        return out
 
 
-def mem_tracker() -> Any:
-    """torch's MemTracker, except that frozen parameters (a LoRA base) get a no-op gradient-hook handle: MemTracker
-    registers a gradient hook on every parameter, which raises for one that does not require grad."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    class FrozenAwareMemTracker(MemTracker):
-        def _track_module_params_and_buffers(self, module: torch.nn.Module, install_grad_hooks: bool = True):
-            for p in module.parameters():
-                if not p.requires_grad and self._param_to_grad_hook_handles.get(p) is None:
-                    self._param_to_grad_hook_handles[p] = (_NoHook(), _NoHook())
-            return super()._track_module_params_and_buffers(module, install_grad_hooks)
-
-    return FrozenAwareMemTracker()
+def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> list[torch.Tensor]:
+    out = [p for p in model.parameters()] + [p.grad for p in model.parameters() if p.grad is not None]
+    if optimizer is not None:
+        out += [v for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+    return out
 
 
-def measure(fn: Callable[[], Any], track: list[Any], repeat: int = 1) -> tuple[int, dict[str, float]]:
-    """FLOPs of one call of `fn` and the peak memory (GiB by category) over `repeat` calls, modules/optimizers in
-    `track` counted as parameters / gradients / optimizer state."""
+def measure(fn: Callable[[], Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+            repeat: int = 1, flops_fn: Callable[[], Any] | None = None) -> tuple[int, dict[str, float]]:
+    """The peak bytes of live storages (GiB) over `repeat` calls of `fn`, then the FLOPs of one more call of
+    `flops_fn` (default `fn`), counted apart: FlopCounterMode's module tracking keeps tensors alive (a checkpointed
+    training step would count 3x its real peak under both); the parts (parameters, gradients, optimizer state)
+    as they stand after the memory calls."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    tracker = mem_tracker()
-    tracker.track_external(*track)
+    tracker = LiveBytes(*state_tensors(model, optimizer))
+    for _ in range(repeat):
+        with tracker:
+            fn()
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    opt = sum(v.numel() * v.element_size() for st in (optimizer.state.values() if optimizer else [])
+              for v in st.values() if isinstance(v, torch.Tensor))
+    peak = {"Total": tracker.peak / 2**30, "Parameter": params / 2**30, "Gradient": grads / 2**30,
+            "Optstate": opt / 2**30}
     counter = FlopCounterMode(display=False)
-    with tracker:
-        for i in range(repeat):
-            with counter if i == repeat - 1 else contextlib.nullcontext():
-                fn()
-    peak = {}
-    for dev, cats in tracker.get_tracker_snapshot("peak").items():
-        if cats.get("Total", 0) > 0:
-            peak = {str(getattr(k, "value", k)): v / 2**30 for k, v in cats.items() if v}
+    with counter:
+        (flops_fn or fn)()
     return int(counter.get_total_flops()), peak
+
+
+def with_backends(model: S3DiT, call: Callable[[], Any]) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """(memory run, FLOP run) of a forward on fake CUDA: memory with `varlen` (the flash kernel's fake never holds
+    the N² matrix that SDPA's math fallback would), FLOPs with `sdpa` (the counter's varlen formula gives 0 at some
+    lengths under fake tensors: 4,224 tokens count 0, 16,512 count right)."""
+
+    def on(backend: str) -> Callable[[], Any]:
+        def run() -> Any:
+            model.attention_backend = backend
+            return call()
+
+        return run
+
+    return on("varlen"), on("sdpa")
 
 
 def t2i_case(cfg: S3DiTConfig, size: int, train: bool) -> tuple[int, int, dict[str, float]]:
@@ -113,7 +163,11 @@ def t2i_case(cfg: S3DiTConfig, size: int, train: bool) -> tuple[int, int, dict[s
                 model(batch)
 
     model.train(train)
-    flops, peak = measure(step, [model])
+    if train:
+        flops, peak = measure(step, model)
+    else:
+        fn, flops_fn = with_backends(model, step)
+        flops, peak = measure(fn, model, flops_fn=flops_fn)
     return tokens, flops, peak
 
 
@@ -130,7 +184,7 @@ def train_case(cfg: S3DiTConfig, name: str, rank: int = 32) -> tuple[int, int, d
     batch = [context_window(cfg, 64, report, device, torch.bfloat16)]
     targets = [torch.randn_like(s.target.latents) for s in batch]
     step = make_step(model, lambda: model(batch), targets, torch.bfloat16, device, fused=True)
-    flops, peak = measure(step, [model, step.optimizer], repeat=2)
+    flops, peak = measure(step, model, step.optimizer, repeat=2)
     return tokens_of(batch[0], cfg.patch_size), flops, peak
 
 
@@ -147,7 +201,8 @@ def generate_case(cfg: S3DiTConfig) -> tuple[int, int, dict[str, float]]:
         with torch.no_grad():
             model(batch)
 
-    flops, peak = measure(call, [model])
+    fn, flops_fn = with_backends(model, call)
+    flops, peak = measure(fn, model, flops_fn=flops_fn)
     return sum(tokens_of(s, cfg.patch_size) for s in batch), flops, peak
 
 
@@ -178,7 +233,7 @@ def main() -> None:
                 tokens, flops, peak = train_case(cfg, case)
         ms = flops / (args.gemm_tflops * 1e12) * 1e3
         parts = " / ".join(f"{peak.get(k, 0.0):.1f}" for k in ("Parameter", "Gradient", "Optstate"))
-        rest = peak.get("Activation", 0.0) + peak.get("Temp", 0.0) + peak.get("Other", 0.0) + peak.get("Buffer", 0.0)
+        rest = peak["Total"] - peak["Parameter"] - peak["Gradient"] - peak["Optstate"]
         print(f"| {case} | {tokens:,} | {flops / 1e12:.1f} | {peak.get('Total', 0.0):.1f} | {parts} / {rest:.1f} | "
               f"{ms:.0f} | {tokens / ms * 1e3:,.0f} |", flush=True)
         log.write(kind="row", case=case, preset=args.preset, tokens=tokens, flops=flops, peak_gib=peak,
