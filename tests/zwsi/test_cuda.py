@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from tests.zwsi.model_testing import randn, random_model
-from tests.zwsi.test_model_sequence import _window
-from zwsi.model import S3DiTConfig
+from zwsi.model import ImageSegment, S3DiTConfig, SequenceSample, grid_positions, report_token_count
 from zwsi.model import attention as attn_mod
 from zwsi.model.attention import AttentionLayout, attention
 
@@ -74,6 +73,17 @@ def test_every_backend_equals_the_math_reference_with_gradients(backend, layout_
 
 SMALL = S3DiTConfig(dim=256, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=32,
                     axes_dims=(32, 48, 48))  # Turbo's head geometry (128 = 32 + 48 + 48) at a small width
+
+
+def _window(seed: int, t: float, n_report: int, contexts: int = 2, **mask: bool) -> SequenceSample:
+    """A target of 6x5 tokens (30: padded to 32), a left neighbour strip and a fractional overview at depth 1."""
+    lp = report_token_count(n_report)
+    target = ImageSegment(randn(16, 1, 12, 10, seed=seed), grid_positions(lp + 1, 6, 5))
+    ctx = [
+        ImageSegment(randn(16, 1, 12, 4, seed=seed + 1), grid_positions(lp + 1, 6, 2, w0=-2.0)),
+        ImageSegment(randn(16, 1, 6, 6, seed=seed + 2), grid_positions(lp + 2, 3, 3, h0=-1.5, w0=-1.5, step=4.0)),
+    ][:contexts]
+    return SequenceSample(target, t, randn(n_report, 32, seed=seed + 3), ctx, **mask)
 
 
 def _batch(device: torch.device, dtype: torch.dtype) -> list:
