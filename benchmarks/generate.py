@@ -13,6 +13,8 @@ window geometry, so the table shows how peak memory grows with the slide.
     .venv/bin/python benchmarks/generate.py --threads 1 --window-tokens 16 --context-tokens 2     # CPU, tiny
     .venv/bin/python benchmarks/generate.py --device cuda --model /models/Z-Image-Turbo \\
         --config configs/generate/z-image-turbo.yaml --size 8192x8192 --rss-sizes --mask-sizes  # H100: 1024² windows
+    python benchmarks/generate.py --device cuda --model random:z-image-turbo --size 4096x4096 --rss-sizes \\
+        --mask-sizes --json out/results.jsonl      # the GPU kit: random 6B weights, FLUX-shaped VAE, no files
 
 Sizes are WIDTHxHEIGHT in pixels of level 0 (at --mpp). Outputs go to a temporary folder and are deleted.
 """
@@ -30,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_json import JsonLines
 
 REPORT = ("Invasive ductal carcinoma, Nottingham grade 2 (tubules 3, nuclei 2, mitoses 1). Ductal carcinoma in situ, "
           "cribriform type, comprising 10% of the tumour. Margins negative. Lymphovascular invasion not identified.")
@@ -49,7 +53,16 @@ def load(args: argparse.Namespace) -> Any:
     from zwsi.generate.pipeline import SlideGenerator
 
     overrides = {"device": args.device, "batch_size": args.batch_size, "window_tokens": args.window_tokens,
-                 "context_tokens": args.context_tokens, "vae_tile": args.vae_tile}
+                 "context_tokens": args.context_tokens, "vae_tile": args.vae_tile, "compression": args.compression}
+    if args.model.startswith("random:"):  # a preset's shapes, random weights, no files (benchmarks/random_pipeline.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # its text encoder's tokenizer lives in tests/
+        from random_pipeline import random_pipeline
+
+        from zwsi.generate.config import GenerateConfig, load_generate_config
+
+        preset = args.model.split(":", 1)[1]
+        config = load_generate_config(args.config, base=GenerateConfig.preset(preset)) if args.config else None
+        return random_pipeline(preset, config=config, overrides=overrides)
     return SlideGenerator.from_pretrained(args.model, random_init=args.model == "tiny", config=args.config,
                                           overrides=overrides)
 
@@ -94,20 +107,52 @@ def model_only_seconds(gen: Any, forwards: int, repeats: int = 3) -> float:
 
 
 def throughput(args: argparse.Namespace) -> None:
+    import torch
+
+    t_load = time.perf_counter()
     gen = load(args)
+    sync(gen)
+    load_s = time.perf_counter() - t_load
+    loaded_rss = rss_mb()
+    cuda = gen.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     width_px, height_px = args.size
     steps = args.steps
+    log = JsonLines(args.json, "generate")
+    done: list[Any] = []
+    t0 = time.perf_counter()
+
+    def on_window(window: Any) -> None:  # progress rows, so a run cut by a timeout still tells its rate
+        done.append(window)
+        if len(done) % 8 == 0:
+            log.write(kind="progress", windows_written=len(done), level=window.level, seconds=time.perf_counter() - t0,
+                      width_px=width_px, height_px=height_px, steps=steps)
+
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         sync(gen)
         t0 = time.perf_counter()
         result = gen.generate(REPORT, width_px * args.mpp, height_px * args.mpp, args.mpp, seed=1, steps=steps,
-                              out=Path(tmp) / "slide.tiff", progress=False)
+                              out=Path(tmp) / "slide.tiff", progress=False, on_window=on_window)
         sync(gen)
         seconds = time.perf_counter() - t0
+        file_mb = (Path(tmp) / "slide.tiff").stat().st_size / 2**20
+    peak_gpu_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    peak_rss = peak_rss_mb()
     windows = sum(result.model_windows.values())
     window_px = result.plan.config.window_tokens * result.plan.config.token_px
     tissue_mp = result.model_windows.get(0, 0) * window_px**2 / 1e6  # level-0 windows the model generated
     baseline = model_only_seconds(gen, windows * steps)
+    log.write(
+        kind="row", status="ok", model=gen.name, device=str(gen.device), width_px=width_px, height_px=height_px,
+        mpp=args.mpp, steps=steps, batch_size=gen.config.batch_size, window_px=window_px,
+        compression=gen.config.compression, windows=windows, model_windows=result.model_windows,
+        background_windows=result.background_windows, tissue_mp=tissue_mp, seconds=seconds,
+        s_per_tissue_mp=seconds / max(tissue_mp, 1e-9), model_only_seconds=baseline,
+        pipeline_over_model=seconds / baseline, load_seconds=load_s, loaded_rss_mb=loaded_rss, peak_rss_mb=peak_rss,
+        peak_gpu_gib=peak_gpu_gib, file_mb=file_mb)
+    print(f"memory: peak GPU {'-' if peak_gpu_gib is None else f'{peak_gpu_gib:.1f} GiB'} (max allocated), host RSS "
+          f"{loaded_rss:.0f} MB after loading, peak {peak_rss:.0f} MB; load {load_s:.1f} s")
     print(f"\n## throughput: {width_px} x {height_px} px at {args.mpp} µm/px, {steps} steps, model {gen.name}, "
           f"device {gen.device}, window {window_px} px, batch {gen.config.batch_size}")
     print("levels (µm/px: generated + background windows): " + ", ".join(
@@ -187,7 +232,7 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
         out += ["--threads", str(args.threads)]
     for flag, value in (("--device", args.device), ("--config", args.config), ("--batch-size", args.batch_size),
                         ("--window-tokens", args.window_tokens), ("--context-tokens", args.context_tokens),
-                        ("--vae-tile", args.vae_tile)):
+                        ("--vae-tile", args.vae_tile), ("--compression", args.compression)):
         if value is not None:
             out += [flag, str(value)]
     return out
@@ -200,7 +245,9 @@ def _size(text: str) -> tuple[int, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny", help="'tiny' (random weights) or a hub folder")
+    p.add_argument("--model", default="tiny",
+                   help="'tiny' (random weights, MiniLM), 'random:PRESET' (random weights of an S3-DiT preset, e.g. "
+                        "random:z-image-turbo; benchmarks/random_pipeline.py) or a hub folder")
     p.add_argument("--device", default=None, help="cpu / cuda (default: the GPU if any)")
     p.add_argument("--config", default=None, help="generation config YAML")
     p.add_argument("--mpp", type=float, default=0.5)
@@ -209,6 +256,8 @@ def main() -> None:
     p.add_argument("--window-tokens", type=int, default=None, help="override the config's window (tokens)")
     p.add_argument("--context-tokens", type=int, default=None)
     p.add_argument("--vae-tile", type=int, default=None, help="VAE decode tile in latents")
+    p.add_argument("--compression", default=None, help="TIFF compression override (jpeg needs imagecodecs)")
+    p.add_argument("--json", default=None, help="append the throughput row as one JSON line to this file")
     p.add_argument("--size", type=_size, default=(2048, 2048), help="throughput slide WIDTHxHEIGHT px")
     p.add_argument("--rss-sizes", nargs="*", default=["2048x2048", "8192x8192", "100000x1024"],
                    help="memory runs, WIDTHxHEIGHT px each")
