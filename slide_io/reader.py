@@ -315,7 +315,7 @@ class Slide:
         """
         mpp = self.mpp_or_none
         if mpp is None:
-            msg = "the slide stores no µm/px (mpp); pass open_slide(path, mpp=...) to supply one"
+            msg = "the slide stores no µm/px (mpp); supply one (CLI: --mpp; Python: open_slide(path, mpp=...))"
             raise MissingMppError(msg, self.path)
         return mpp
 
