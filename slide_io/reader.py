@@ -80,7 +80,7 @@ def _tiff_damage(path: Path) -> str | None:
         return None
     finally:
         logger.removeHandler(capture)
-    bad = [m for m in capture.messages if "invalid page offset" in m]
+    bad = [m for m in capture.messages if "invalid" in m and "offset" in m]
     return f"truncated or corrupt: {bad[0].split('>')[-1].strip()}" if bad else None
 
 
@@ -323,7 +323,7 @@ class Slide:
         """
         mpp = self.mpp_or_none
         if mpp is None:
-            msg = "the slide stores no µm/px (mpp); supply one (CLI: --mpp; Python: open_slide(path, mpp=...))"
+            msg = "the slide stores no µm/px (mpp); supply one (CLI: --mpp; zwsi prepare: --slide-mpp; Python: open_slide(path, mpp=...))"
             raise MissingMppError(msg, self.path)
         return mpp
 
