@@ -41,6 +41,8 @@ Backend = Literal["auto", "openslide", "tiffslide"]
 MAX_READ_PIXELS = 16 * 2**20
 """Most level pixels one resampled read (`read_region_mpp`, `get_thumbnail`) asks a backend for at once (48 MB RGB);
 larger regions are read block by block."""
+MAX_ASSOCIATED_PIXELS = 64 * 2**20
+"""Largest label / thumbnail image of our own pyramids read whole (ours are 1024² at most)."""
 BACKENDS: tuple[str, ...] = ("auto", "openslide", "tiffslide")
 OWN_VENDOR = "zwsi"
 
@@ -71,6 +73,9 @@ def _tiff_damage(path: Path) -> str | None:
     try:
         with tifffile.TiffFile(path) as tf:
             for page in tf.pages:
+                hostile = _hostile_geometry(page)
+                if hostile is not None:
+                    return hostile
                 offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
                 if offsets and counts:
                     end = max(o + c for o, c in zip(offsets, counts))
@@ -82,6 +87,32 @@ def _tiff_damage(path: Path) -> str | None:
         logger.removeHandler(capture)
     bad = [m for m in capture.messages if "invalid" in m and "offset" in m]
     return f"truncated or corrupt: {bad[0].split('>')[-1].strip()}" if bad else None
+
+
+MAX_TILE_SIDE = 16384
+MAX_LEVEL_SIDE = 2**21
+MAX_CHUNK_BYTES = 1 << 30
+
+
+def _hostile_geometry(page: object) -> str | None:
+    """Why a TIFF directory's geometry is beyond what any slide uses (a reader would allocate gigabytes for one tile
+    or strip), or None. Checked before a backend sees the file: openslide aborts the process on such allocations."""
+    get = lambda name: int(getattr(page, name, 0) or 0)  # noqa: E731
+    index = getattr(page, "index", "?")
+    width, length, spp = get("imagewidth"), get("imagelength"), max(1, get("samplesperpixel"))
+    if width > MAX_LEVEL_SIDE or length > MAX_LEVEL_SIDE:
+        return f"corrupt: directory {index} is {width} x {length} px, beyond {MAX_LEVEL_SIDE:,} px a side"
+    if spp > 8 or get("bitspersample") > 32:
+        return f"corrupt: directory {index} has {spp} samples of {get('bitspersample')} bits per pixel"
+    if getattr(page, "is_tiled", False):
+        tw, tl = get("tilewidth"), get("tilelength")
+        if not (0 < tw <= MAX_TILE_SIDE and 0 < tl <= MAX_TILE_SIDE):
+            return f"corrupt: directory {index} has {tw} x {tl} px tiles, beyond {MAX_TILE_SIDE:,} px a side"
+    else:
+        rows = min(get("rowsperstrip") or length, length)
+        if rows * width * spp * max(1, get("bitspersample") // 8) > MAX_CHUNK_BYTES:
+            return f"corrupt: directory {index} has strips of {rows} rows x {width} px, beyond {MAX_CHUNK_BYTES:,} bytes"
+    return None
 
 
 def _make_backend(path: Path, backend: str) -> SlideBackend:
@@ -445,5 +476,12 @@ def _own_associated_images(path: Path) -> dict[str, Image.Image]:
         for page in tf.pages:
             desc = getattr(page, "description", "")
             if desc in ("thumbnail", "label") and not page.is_tiled:
-                images[desc] = Image.fromarray(page.asarray())
+                if math.prod(page.shape) > MAX_ASSOCIATED_PIXELS * 4:
+                    msg = f"associated image {desc!r} is {page.shape}, beyond {MAX_ASSOCIATED_PIXELS:,} pixels"
+                    raise SlideReadError(msg, path)
+                try:
+                    images[desc] = Image.fromarray(page.asarray())
+                except Exception as exc:  # a damaged strip: tifffile / imagecodecs errors
+                    msg = f"associated image {desc!r} is damaged: {type(exc).__name__}: {exc}"
+                    raise SlideReadError(msg, path) from exc
     return images

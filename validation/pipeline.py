@@ -42,6 +42,7 @@ class ValidationConfig:
 
     features: str = "efficientnet_lite0"
     features_weights: str | None = None
+    features_allow_pickle: bool = False
     mpps: Sequence[float] | None = None
     tile_size: int = 224
     max_tiles: int = 64
@@ -327,7 +328,7 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
         msg = (f"real levels {sorted(real_set.levels)} and synthetic levels {sorted(synth_set.levels)} have none in "
                "common; give tile images their µm/px (--tile-mpp) or the same kind of input on both sides")
         raise ValueError(msg)
-    extractor = load_extractor(config.features, config.features_weights)
+    extractor = load_extractor(config.features, config.features_weights, allow_pickle=config.features_allow_pickle)
     console.log(f"features: {extractor.name}")
     result = ValidationResult({}, real_set, synth_set, train_set)
     levels: dict[str, Any] = {}
