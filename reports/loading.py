@@ -85,11 +85,19 @@ def iter_reports(
     if not path.exists():
         raise FileNotFoundError(f"report file or folder {path} does not exist")
     seen: dict[str, str] = {}
-    for record in _iter_any(path, text_key, id_key, encoding):
+    records = _iter_any(path, text_key, id_key, encoding)
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:  # name the file and the byte, not only the codec
+            raise ValueError(f"{_decoding_file(path, exc)}: not {encoding} text (byte 0x{exc.object[exc.start]:02x} "
+                             f"at offset {exc.start}); save it as {encoding}") from exc
         if record.id in seen:
             raise ValueError(
                 f"duplicate report id {record.id!r}: {seen[record.id]} and {record.source}; "
-                f"pass id_key= to choose a unique column"
+                f"choose a unique id column (CLI: --report-id/--id picks one report; Python: id_key=)"
             )
         seen[record.id] = record.source
         yield record
@@ -152,7 +160,7 @@ def record_from_mapping(
     if text_col is None:
         raise ValueError(
             f"{source}: no report text column; expected one of {list(FIELD_ALIASES['text'])} "
-            f"(or pass text_key=), found {sorted(map(str, item))}"
+            f"(or name it: CLI --text-key, Python text_key=), found {sorted(map(str, item))}"
         )
     text = item[text_col]
     if not isinstance(text, str):
@@ -266,3 +274,15 @@ def _record_from_json_item(item: Any, path: Path, i: int, text_key: str | None, 
     return record_from_mapping(
         item, source=f"{path.name}:item {i}", default_id=f"{path.name}:item {i}", text_key=text_key, id_key=id_key
     )
+
+
+def _decoding_file(path: Path, exc: UnicodeDecodeError) -> Path:
+    """The file a decoding error came from: `path` itself, or in a folder the report file that fails to decode."""
+    if not path.is_dir():
+        return path
+    for file in sorted(p for p in path.iterdir() if p.suffix.lower() in TEXT_SUFFIXES):
+        try:
+            file.read_bytes().decode(exc.encoding)
+        except UnicodeDecodeError:
+            return file
+    return path

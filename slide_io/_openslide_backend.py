@@ -56,7 +56,14 @@ class OpenSlideBackend(SlideBackend):
 
     @property
     def associated_images(self) -> Mapping[str, Image.Image]:
-        return dict(self._slide.associated_images)
+        images = {}
+        for name in self._slide.associated_images.keys():
+            try:
+                images[name] = self._slide.associated_images[name]
+            except openslide.OpenSlideError as exc:
+                msg = f"openslide failed to read the associated image {name!r}: {exc}"
+                raise SlideReadError(msg, self.path) from exc
+        return images
 
     def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> NDArray[np.uint8]:
         try:

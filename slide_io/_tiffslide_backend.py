@@ -80,7 +80,16 @@ class TiffSlideBackend(SlideBackend):
 
     @property
     def associated_images(self) -> Mapping[str, Image.Image]:
-        return {name: self._slide.associated_images[name] for name in self._slide.associated_images if name}
+        images = {}
+        for name in self._slide.associated_images:
+            if not name:
+                continue
+            try:
+                images[name] = self._slide.associated_images[name]
+            except Exception as exc:  # tifffile / imagecodecs errors on a damaged page
+                msg = f"tiffslide failed to read the associated image {name!r}: {type(exc).__name__}: {exc}"
+                raise SlideReadError(msg, self.path) from exc
+        return images
 
     def read(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> NDArray[np.uint8]:
         try:

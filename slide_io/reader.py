@@ -38,6 +38,11 @@ from slide_io.provenance import Provenance, read_provenance
 from slide_io.types import Location, Mpp, Size
 
 Backend = Literal["auto", "openslide", "tiffslide"]
+MAX_READ_PIXELS = 16 * 2**20
+"""Most level pixels one resampled read (`read_region_mpp`, `get_thumbnail`) asks a backend for at once (48 MB RGB);
+larger regions are read block by block."""
+MAX_ASSOCIATED_PIXELS = 64 * 2**20
+"""Largest label / thumbnail image of our own pyramids read whole (ours are 1024² at most)."""
 BACKENDS: tuple[str, ...] = ("auto", "openslide", "tiffslide")
 OWN_VENDOR = "zwsi"
 
@@ -68,6 +73,9 @@ def _tiff_damage(path: Path) -> str | None:
     try:
         with tifffile.TiffFile(path) as tf:
             for page in tf.pages:
+                hostile = _hostile_geometry(page)
+                if hostile is not None:
+                    return hostile
                 offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
                 if offsets and counts:
                     end = max(o + c for o, c in zip(offsets, counts))
@@ -77,8 +85,34 @@ def _tiff_damage(path: Path) -> str | None:
         return None
     finally:
         logger.removeHandler(capture)
-    bad = [m for m in capture.messages if "invalid page offset" in m]
+    bad = [m for m in capture.messages if "invalid" in m and "offset" in m]
     return f"truncated or corrupt: {bad[0].split('>')[-1].strip()}" if bad else None
+
+
+MAX_TILE_SIDE = 16384
+MAX_LEVEL_SIDE = 2**21
+MAX_CHUNK_BYTES = 1 << 30
+
+
+def _hostile_geometry(page: object) -> str | None:
+    """Why a TIFF directory's geometry is beyond what any slide uses (a reader would allocate gigabytes for one tile
+    or strip), or None. Checked before a backend sees the file: openslide aborts the process on such allocations."""
+    get = lambda name: int(getattr(page, name, 0) or 0)  # noqa: E731
+    index = getattr(page, "index", "?")
+    width, length, spp = get("imagewidth"), get("imagelength"), max(1, get("samplesperpixel"))
+    if width > MAX_LEVEL_SIDE or length > MAX_LEVEL_SIDE:
+        return f"corrupt: directory {index} is {width} x {length} px, beyond {MAX_LEVEL_SIDE:,} px a side"
+    if spp > 8 or get("bitspersample") > 32:
+        return f"corrupt: directory {index} has {spp} samples of {get('bitspersample')} bits per pixel"
+    if getattr(page, "is_tiled", False):
+        tw, tl = get("tilewidth"), get("tilelength")
+        if not (0 < tw <= MAX_TILE_SIDE and 0 < tl <= MAX_TILE_SIDE):
+            return f"corrupt: directory {index} has {tw} x {tl} px tiles, beyond {MAX_TILE_SIDE:,} px a side"
+    else:
+        rows = min(get("rowsperstrip") or length, length)
+        if rows * width * spp * max(1, get("bitspersample") // 8) > MAX_CHUNK_BYTES:
+            return f"corrupt: directory {index} has strips of {rows} rows x {width} px, beyond {MAX_CHUNK_BYTES:,} bytes"
+    return None
 
 
 def _make_backend(path: Path, backend: str) -> SlideBackend:
@@ -288,14 +322,19 @@ class Slide:
         return Image.fromarray(rgba, "RGBA")
 
     def get_thumbnail(self, size: Size) -> Image.Image:
-        """An RGB thumbnail fitting in `size` (aspect kept), from the best level."""
+        """An RGB thumbnail fitting in `size` (aspect kept), from the best level, read region by region (memory stays
+        bounded by `MAX_READ_PIXELS` and the thumbnail, whatever the pyramid)."""
         self._check_open()
+        if size[0] <= 0 or size[1] <= 0:
+            msg = f"thumbnail size={size} must be positive"
+            raise InvalidRegionError(msg, self.path)
         w0, h0 = self.dimensions
         scale = max(w0 / size[0], h0 / size[1], 1.0)
         level = self.get_best_level_for_downsample(scale)
-        region = self.read_region((0, 0), level, self.level_dimensions[level], as_array=True)
+        lw, lh = self.level_dimensions[level]
         out = (max(1, round(w0 / scale)), max(1, round(h0 / scale)))
-        return Image.fromarray(region).resize(out, Image.Resampling.LANCZOS)
+        region = self._read_resampled((0, 0), level, (lw / out[0], lh / out[1]), out, Image.Resampling.LANCZOS)
+        return Image.fromarray(region)
 
     # --- physical resolution ---------------------------------------------------------------------------------------
     @property
@@ -315,7 +354,7 @@ class Slide:
         """
         mpp = self.mpp_or_none
         if mpp is None:
-            msg = "the slide stores no µm/px (mpp); pass open_slide(path, mpp=...) to supply one"
+            msg = "the slide stores no µm/px (mpp); supply one (CLI: --mpp; zwsi prepare: --slide-mpp; Python: open_slide(path, mpp=...))"
             raise MissingMppError(msg, self.path)
         return mpp
 
@@ -356,13 +395,48 @@ class Slide:
         fx, fy = target.x / base.x, target.y / base.y  # level-0 px per output px
         level = self.get_best_level_for_downsample(min(fx, fy))
         ds = self.level_downsamples[level]
-        sx, sy = fx / ds, fy / ds  # level px per output px
+        return self._read_resampled(location, level, (fx / ds, fy / ds), (w, h), resample)
+
+    def _read_resampled(self, location: Location, level: int, scale: tuple[float, float], size: Size,
+                        resample: Image.Resampling) -> NDArray[np.uint8]:
+        """(h, w, 3) pixels of `level` from level-0 `location`, `scale` level px per output px, resampled.
+
+        A source region up to `MAX_READ_PIXELS` is read at once; a larger one is read in blocks of output rows and
+        columns, each with the filter's margin around it (clipped to the same source region), so the result equals
+        the one-shot resample (up to Pillow's fixed-point rounding near block edges: a few levels in under 0.5% of
+        pixels) while memory holds one block and the output.
+        """
+        w, h = size
+        sx, sy = scale
         lw, lh = max(1, math.ceil(w * sx - 1e-6)), max(1, math.ceil(h * sy - 1e-6))
-        region = self.read_region(location, level, (lw, lh), as_array=True)
-        if (lw, lh) == (w, h):
-            return region
-        img = Image.fromarray(region).resize((w, h), resample, box=(0.0, 0.0, w * sx, h * sy))
-        return np.asarray(img)
+        if lw * lh <= MAX_READ_PIXELS:
+            region = self.read_region(location, level, (lw, lh), as_array=True)
+            if (lw, lh) == (w, h):
+                return region
+            return np.asarray(Image.fromarray(region).resize((w, h), resample, box=(0.0, 0.0, w * sx, h * sy)))
+        ds = self.level_downsamples[level]
+        mx, my = math.ceil(3 * max(sx, 1.0)) + 2, math.ceil(3 * max(sy, 1.0)) + 2  # Lanczos support + rounding
+        side = max(1, math.isqrt(MAX_READ_PIXELS))  # source block side in level pixels, margins included
+        bw, bh = max(1, int((side - 2 * mx) / sx)), max(1, int((side - 2 * my) / sy))  # output block size
+        bw, bh = -(-w // -(-w // bw)), -(-h // -(-h // bh))  # balanced: no sliver of a block at the edge
+        out = np.empty((h, w, 3), np.uint8)
+        for i0 in range(0, h, bh):
+            i1 = min(h, i0 + bh)
+            y0, y1 = i0 * sy, i1 * sy
+            ry0, ry1 = max(0, math.floor(y0 - my)), min(lh, math.ceil(y1 + my))
+            for j0 in range(0, w, bw):
+                j1 = min(w, j0 + bw)
+                x0, x1 = j0 * sx, j1 * sx
+                rx0, rx1 = max(0, math.floor(x0 - mx)), min(lw, math.ceil(x1 + mx))
+                loc = (location[0] + round(rx0 * ds), location[1] + round(ry0 * ds))
+                block = self.read_region(loc, level, (rx1 - rx0, ry1 - ry0), as_array=True)
+                if (j1 - j0, i1 - i0) == (rx1 - rx0, ry1 - ry0) and (rx0, ry0) == (j0, i0):
+                    out[i0:i1, j0:j1] = block
+                    continue
+                img = Image.fromarray(block).resize((j1 - j0, i1 - i0), resample,
+                                                    box=(x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0))
+                out[i0:i1, j0:j1] = np.asarray(img)
+        return out
 
     # --- lifetime ----------------------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -402,5 +476,12 @@ def _own_associated_images(path: Path) -> dict[str, Image.Image]:
         for page in tf.pages:
             desc = getattr(page, "description", "")
             if desc in ("thumbnail", "label") and not page.is_tiled:
-                images[desc] = Image.fromarray(page.asarray())
+                if math.prod(page.shape) > MAX_ASSOCIATED_PIXELS * 4:
+                    msg = f"associated image {desc!r} is {page.shape}, beyond {MAX_ASSOCIATED_PIXELS:,} pixels"
+                    raise SlideReadError(msg, path)
+                try:
+                    images[desc] = Image.fromarray(page.asarray())
+                except Exception as exc:  # a damaged strip: tifffile / imagecodecs errors
+                    msg = f"associated image {desc!r} is damaged: {type(exc).__name__}: {exc}"
+                    raise SlideReadError(msg, path) from exc
     return images

@@ -9,6 +9,7 @@ removed. Works on H&E and on IHC (DAB + haematoxylin), where saturation is low i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from slide_io.reader import Slide
 
 SATURATION_FLOOR = 0.08
+MAX_MASK_PIXELS = 4_000_000
+"""`detect_tissue` coarsens its µm/px so the mask stays under this many pixels (the mask works at ~200 B a pixel)."""
 OD_FLOOR = 0.12
 BLACK_LEVEL = 25
 
@@ -107,7 +110,8 @@ def detect_tissue(slide: Slide, mpp: float = 8.0, **options: float) -> TissueMas
 
     Args:
         slide: an open slide with a µm/px (or one supplied to `open_slide`).
-        mpp: resolution of the mask; 8 µm/px (≈1.25×) is enough for tiling decisions.
+        mpp: resolution of the mask; 8 µm/px (≈1.25×) is enough for tiling decisions. Coarser when the mask would
+            exceed `MAX_MASK_PIXELS` (the returned mask's `mpp` says which).
         **options: `closing_um`, `min_area_um2` for `tissue_mask_rgb`.
 
     Raises:
@@ -116,6 +120,10 @@ def detect_tissue(slide: Slide, mpp: float = 8.0, **options: float) -> TissueMas
     base = slide.mpp
     target = Mpp.of(mpp)
     w0, h0 = slide.dimensions
+    area = (w0 * base.x / target.x) * (h0 * base.y / target.y)
+    if area > MAX_MASK_PIXELS:  # a coarser mask: memory stays bounded whatever the slide size
+        f = math.sqrt(area / MAX_MASK_PIXELS)
+        target = Mpp(target.x * f, target.y * f)
     size = (max(1, round(w0 * base.x / target.x)), max(1, round(h0 * base.y / target.y)))
     rgb = slide.read_region_mpp((0, 0), target, size)
     mask = tissue_mask_rgb(rgb, (target.x + target.y) / 2, **options)

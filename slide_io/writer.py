@@ -16,8 +16,10 @@ The file is written under a temporary name in the output folder and renamed over
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +32,7 @@ import tifffile
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
+from slide_io.cleanup import partial_path, remove_stale, spool_prefix
 from slide_io.errors import SlideWriteError
 from slide_io.provenance import Provenance, software_version
 from slide_io.types import Compression, Mpp, Size
@@ -315,20 +318,25 @@ def write_pyramid(
         raise ValueError(msg)
     level0_mpp = Mpp.of(mpp) if mpp is not None else src.mpp
     if level0_mpp is None:
-        msg = "the tile source has no µm/px (mpp); pass write_pyramid(..., mpp=...)"
+        msg = "the tile source has no µm/px (mpp); supply one (CLI: --mpp; Python: write_pyramid(..., mpp=...))"
         raise MissingMppError(msg, path)
     provenance = Provenance() if provenance is None else provenance
-    if not path.parent.is_dir():
-        msg = f"output folder {path.parent} does not exist"
-        raise SlideWriteError(msg, path)
+    check_output_path(path)
+    remove_stale(path.parent, path.name)
 
     sizes = level_sizes((width, height), tile_size)
     thumb_level = next(i for i, s in enumerate(sizes) if max(s) <= 2 * thumbnail_size)
     raw_bytes = sum(w * h * 3 for w, h in sizes)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    if compression == "none":  # the size is known exactly: refuse before writing what cannot fit
+        free = shutil.disk_usage(path.parent).free
+        if free < raw_bytes:
+            msg = (f"not enough disk space: an uncompressed pyramid of {width} x {height} px needs "
+                   f"{raw_bytes / 1e9:.2f} GB, {path.parent} has {free / 1e9:.2f} GB free")
+            raise SlideWriteError(msg, path)
+    tmp = partial_path(path)
     workers = workers or os.cpu_count() or 1
     try:
-        with tempfile.TemporaryDirectory(prefix=".zwsi-spool-", dir=path.parent) as spool_dir, ThreadPoolExecutor(
+        with tempfile.TemporaryDirectory(prefix=spool_prefix(), dir=path.parent) as spool_dir, ThreadPoolExecutor(
             workers
         ) as pool:
             pyramid = _Pyramid(
@@ -344,10 +352,48 @@ def write_pyramid(
             finally:
                 pyramid.close()
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free
+            msg = (f"the disk filled up while writing (the level-0 pixels are {raw_bytes / 1e9:.2f} GB raw; "
+                   f"{compression} output is typically {_TYPICAL_RATIO[compression]:.0%} of that, plus a third "
+                   f"spooled while writing); {free / 1e9:.2f} GB free now in {path.parent}; nothing was left "
+                   f"under the final name")
+            raise SlideWriteError(msg, path) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+_TYPICAL_RATIO = {"jpeg": 0.1, "deflate": 0.6, "lzw": 0.7, "zstd": 0.55, "none": 1.0}
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse an output that cannot be written, before any work.
+
+    Raises:
+        SlideWriteError: the folder is missing, a file, read-only or not ours; `path` is a folder; an unknown
+            extension.
+    """
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        msg = f"output {path.name!r} must end in .tif or .tiff (a pyramidal TIFF; .ome.tif with --ome)"
+        raise SlideWriteError(msg, path)
+    parent = path.parent
+    if not parent.exists():
+        msg = f"output folder {parent} does not exist; create it first"
+        raise SlideWriteError(msg, path)
+    if not parent.is_dir():
+        msg = f"output folder {parent} is a file, not a folder"
+        raise SlideWriteError(msg, path)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        msg = f"output folder {parent} is not writable (read-only filesystem or permissions)"
+        raise SlideWriteError(msg, path)
+    if path.is_dir():
+        msg = "the output path is a folder; give a file name ending in .tif or .tiff"
+        raise SlideWriteError(msg, path)
 
 
 def _level0_tiles(

@@ -173,8 +173,10 @@ def efficientnet_lite0(*, with_classifier: bool = False) -> torch.nn.Module:
 
 
 # --- user weights ---------------------------------------------------------------------------------------------------
-def read_state_dict(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Read a state dict from .safetensors, or .pth/.bin with `torch.load(weights_only=True)`; keep keys under `prefix`.
+def read_state_dict(path: str | Path, prefix: str = "", *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors, or — only with `allow_pickle` (CLI: --features-allow-pickle) — from
+    .pth/.bin with `torch.load(weights_only=True)`; keep keys under `prefix`. Pickles are refused by default, as
+    the project refuses pickled transformer and VAE checkpoints: unpickling can execute code.
 
     Raises:
         FileNotFoundError: no such file.
@@ -188,6 +190,12 @@ def read_state_dict(path: str | Path, prefix: str = "") -> dict[str, torch.Tenso
         from safetensors.torch import load_file
 
         state = load_file(str(path))
+    elif not allow_pickle:
+        msg = (f"refusing the pickled feature-extractor weights {path}: unpickling can execute arbitrary code. "
+               f"Convert them to .safetensors (safetensors.torch.save_file(state_dict, 'model.safetensors') in a "
+               f"sandbox), or, for a trusted file, pass --features-allow-pickle to read it with "
+               f"torch.load(weights_only=True)")
+        raise ValueError(msg)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
@@ -222,7 +230,7 @@ def _cls_and_mean(reg_tokens: int) -> Callable[[torch.nn.Module, torch.Tensor], 
 
 
 def load_extractor(name: str = DEFAULT_EXTRACTOR, weights: str | Path | None = None, *,
-                   batch_size: int = 16) -> FeatureExtractor:
+                   batch_size: int = 16, allow_pickle: bool = False) -> FeatureExtractor:
     """Build a feature extractor by name (see the module table); weights are only ever read from local files.
 
     Extractors are kept per (name, weights, batch_size) for the life of the process, with their features cached
@@ -238,16 +246,17 @@ def load_extractor(name: str = DEFAULT_EXTRACTOR, weights: str | Path | None = N
         ValueError: unknown name, or weights missing / not matching the architecture (strict load).
         FileNotFoundError: a weights path that does not exist.
     """
-    key = (name, None if weights is None else str(weights), batch_size)
+    key = (name, None if weights is None else str(weights), batch_size, allow_pickle)
     if key not in _EXTRACTORS:
-        _EXTRACTORS[key] = _build_extractor(name, weights, batch_size)
+        _EXTRACTORS[key] = _build_extractor(name, weights, batch_size, allow_pickle)
     return _EXTRACTORS[key]
 
 
 _EXTRACTORS: dict[tuple[str, str | None, int], FeatureExtractor] = {}
 
 
-def _build_extractor(name: str, weights: str | Path | None, batch_size: int) -> FeatureExtractor:
+def _build_extractor(name: str, weights: str | Path | None, batch_size: int, allow_pickle: bool = False
+                     ) -> FeatureExtractor:
     import timm
 
     if name == "efficientnet_lite0":
@@ -262,7 +271,7 @@ def _build_extractor(name: str, weights: str | Path | None, batch_size: int) -> 
 
             kwargs = {**kwargs, "mlp_layer": SwiGLUPacked, "act_layer": torch.nn.SiLU}
         model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
-        _load_strict(model, read_state_dict(path, prefix), path)
+        _load_strict(model, read_state_dict(path, prefix, allow_pickle=allow_pickle), path)
         embed = _cls_and_mean(kwargs.get("reg_tokens", 0)) if name.startswith("virchow") else (lambda m, x: m(x))
         return FeatureExtractor(f"{name} ({arch}, weights {path})", model.eval(), size, mean, std, embed, batch_size)
     if name == "phikon":
@@ -283,7 +292,7 @@ def _build_extractor(name: str, weights: str | Path | None, batch_size: int) -> 
             raise ValueError(msg)
         path = _weights_file(weights, name)
         model = timm.create_model(arch, pretrained=False, num_classes=0)
-        state = {k: v for k, v in read_state_dict(path).items() if not _is_head(model, k)}
+        state = {k: v for k, v in read_state_dict(path, allow_pickle=allow_pickle).items() if not _is_head(model, k)}
         _load_strict(model, state, path)
         cfg = model.pretrained_cfg
         size = int(cfg.get("input_size", (3, 224, 224))[-1])

@@ -65,8 +65,8 @@ def is_slide(path: Path) -> bool:
     return False
 
 
-def expand_paths(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
-    """Split input paths into (slides, images); folders and .txt lists are expanded.
+def expand_paths(paths: Sequence[str | Path], role: str = "input") -> tuple[list[Path], list[Path]]:
+    """Split input paths into (slides, images); folders and .txt lists are expanded; `role` names them in errors.
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -77,15 +77,15 @@ def expand_paths(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            msg = f"input {path} does not exist"
+            msg = f"--{role} {path} does not exist"
             raise FileNotFoundError(msg)
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             for p in found:
                 (slides if is_slide(p) else images).append(p)
         elif path.suffix.lower() == ".txt":
-            listed = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-            sub_slides, sub_images = expand_paths([path.parent / p for p in listed])
+            listed = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            sub_slides, sub_images = expand_paths([path.parent / p for p in listed], role)
             slides += sub_slides
             images += sub_images
         elif is_slide(path):
@@ -93,10 +93,10 @@ def expand_paths(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
         elif path.suffix.lower() in IMAGE_SUFFIXES:
             images.append(path)
         else:
-            msg = f"input {path} is neither a slide nor an image ({', '.join(IMAGE_SUFFIXES + SLIDE_SUFFIXES)})"
+            msg = f"--{role} {path} is neither a slide nor an image ({', '.join(IMAGE_SUFFIXES + SLIDE_SUFFIXES)})"
             raise ValueError(msg)
     if not slides and not images:
-        msg = f"no slides or tile images found in {[str(p) for p in paths]}"
+        msg = f"--{role}: no slides or tile images found in {[str(p) for p in paths]}"
         raise ValueError(msg)
     return slides, images
 
@@ -234,7 +234,7 @@ def load_tileset(role: str, paths: Sequence[str | Path], *, mpps: Sequence[float
     """
     import slide_io
 
-    slides, images = expand_paths(paths)
+    slides, images = expand_paths(paths, role)
     levels: dict[str, LevelTiles] = {}
     for slide_path in slides:
         with slide_io.open_slide(slide_path) as slide:

@@ -44,6 +44,7 @@ class ValidationConfig:
 
     features: str = "efficientnet_lite0"
     features_weights: str | None = None
+    features_allow_pickle: bool = False
     mpps: Sequence[float] | None = None
     tile_size: int = 224
     max_tiles: int = 64
@@ -337,10 +338,15 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
 
     from validation.features import load_extractor
 
+    from validation.inputs import expand_paths
+
     config = config or ValidationConfig()
     console = Console(stderr=True, quiet=not progress)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out)
+    for role, paths in (("real", real), ("synthetic", synthetic), ("training", training)):
+        if paths:
+            expand_paths(paths, role=role)  # every input exists and is a slide or an image, before any work
     kw = {"mpps": config.mpps, "tile_size": config.tile_size, "max_tiles": config.max_tiles,
           "tile_mpp": config.tile_mpp, "seed": config.seed}
     with console.status("reading real tiles"):
@@ -357,7 +363,7 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
         msg = (f"real levels {sorted(real_set.levels)} and synthetic levels {sorted(synth_set.levels)} have none in "
                "common; give tile images their µm/px (--tile-mpp) or the same kind of input on both sides")
         raise ValueError(msg)
-    extractor = load_extractor(config.features, config.features_weights)
+    extractor = load_extractor(config.features, config.features_weights, allow_pickle=config.features_allow_pickle)
     console.log(f"features: {extractor.name}")
     result = ValidationResult({}, real_set, synth_set, train_set)
     levels: dict[str, Any] = {}
@@ -412,6 +418,7 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
         "slides": slides,
     }
     result.metrics["findings"] = findings(result.metrics)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty folder behind
     write_json_atomic(out / "metrics.json", result.metrics)
     if write_html:
         from validation.html_report import render_report
@@ -420,6 +427,24 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
     for line in result.metrics["findings"] or ["no difference beyond the real-vs-real reference"]:
         console.log(line)
     return result
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an output that cannot be written, before any work: a file in its place, or a parent folder that is a
+    file, read-only or not ours to write.
+
+    Raises:
+        ValueError: naming the path and why.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; expected a folder (new or existing) for metrics.json")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, so no folder can be made under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {parent} is not writable (read-only or another user's folder)")
 
 
 def _jsonable(value: Any) -> Any:

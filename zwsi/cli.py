@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    from zwsi.errors import run_command
+
+    name = " ".join(str(getattr(args, k)) for k in ("command", "report_command", "slide_command", "train_command",
+                                                      "train_vae_command") if getattr(args, k, None))
+    return run_command(name or "zwsi", args.func, args)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,13 @@ class LossSection:
     ssim_window: int = 7
     kl: float = 1.0e-6
 
+    def validate(self) -> None:
+        """Finite, non-negative loss weights."""
+        for name in ("l1", "ssim", "kl"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"loss.{name} must be a finite number >= 0, got {value!r}")
+
 
 @dataclass(frozen=True)
 class OptimSection:
@@ -167,6 +174,16 @@ class OptimSection:
     weight_decay: float = 1.0e-4
     warmup_steps: int = 20
     grad_clip: float = 1.0
+
+    def validate(self) -> None:
+        """Finite, positive learning rate and sane optimiser values (YAML's .inf/.nan would train to NaN)."""
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip", "betas"):
+            value = getattr(self, name)
+            if not all(math.isfinite(float(v)) for v in (value if isinstance(value, (tuple, list)) else (value,))):
+                raise ValueError(f"optim.{name} must be finite, got {value!r}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim: lr must be > 0 (got {self.lr}), weight_decay and grad_clip >= 0, "
+                             f"min_lr_ratio in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -270,7 +287,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 def vae_train_config_from_dict(data: dict[str, Any]) -> VAETrainConfig:
     """Validate a config mapping (as read from YAML) into a :class:`VAETrainConfig`."""
-    return _build(VAETrainConfig, data, "")
+    cfg = _build(VAETrainConfig, data, "")
+    cfg.optim.validate()
+    cfg.loss.validate()
+    return cfg
 
 
 def load_vae_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> VAETrainConfig:
@@ -727,6 +747,9 @@ class VAETrainer:
         tmp = root / f".tmp_step_{self.step:07d}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+        from zwsi.finite import check_finite
+
+        check_finite(_state_dict(self.model), f"VAE checkpoint at step {self.step}")
         save_file(_state_dict(self.model), tmp / "model.safetensors")
         if self.ema is not None:
             save_file(_state_dict(self.ema), tmp / "ema.safetensors")

@@ -26,7 +26,7 @@ PLANTED = [
     ("id_number", "123-45-6789", "SSN 123-45-6789."),
     ("id_number", "90817263544", "Requisition 90817263544."),
     ("address", "221 Baker Street", "Home: 221 Baker Street, Springfield."),
-    ("address", "MA 02115", "Boston, MA 02115."),
+    ("address", "Boston, MA 02115", "Boston, MA 02115."),
     ("address", "PO Box 4412", "Mail to PO Box 4412."),
 ]
 

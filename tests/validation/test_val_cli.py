@@ -85,7 +85,14 @@ def test_report_is_self_contained_html(runs):
 
 
 def test_bad_cli_input_fails_with_the_reason(tmp_path, capsys):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["validate", "--real", str(tmp_path / "nope.svs"), "--synthetic", str(tmp_path), "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match=r"tile_size=128 must be at least 161"):
-        main(["validate", "--real", "x", "--synthetic", "y", "--out", str(tmp_path), "--tile-size", "128"])
+    out = tmp_path / "run"
+    assert main(["validate", "--real", str(tmp_path / "nope.svs"), "--synthetic", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"zwsi validate: --real {tmp_path / 'nope.svs'} does not exist"]
+    assert not out.exists()  # no empty output folder left behind
+    assert main(["validate", "--real", "x", "--synthetic", "y", "--out", str(out), "--tile-size", "128"]) == 2
+    assert "tile_size=128 must be at least 161" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["validate", "--real", str(tmp_path), "--synthetic", str(tmp_path), "--out",
+                 str(tmp_path / "file" / "sub")]) == 2
+    assert "is a file, so no folder can be made under it" in capsys.readouterr().err

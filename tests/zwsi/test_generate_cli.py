@@ -153,3 +153,41 @@ def test_generate_cohort_command(reports_csv: Path, tmp_path: Path, capsys: pyte
     code = main(["generate-cohort", "--reports", str(reports_csv), "--where", "colour=red", "--per-report", "1",
                  "--out", str(out), "--seed", "0", "--model", "tiny", "--random-init", *TINY_SLIDE])
     assert code == 2 and "unknown field 'colour'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "config_text", "message"),
+    [
+        (["--width-um", "1e10"], None, "beyond the limit of 4e+10 (200,000² px); ask for a smaller slide, a coarser "
+                                      "--mpp, or raise the limit with --max-pixels"),
+        ([], "window_tokens: 100000\n", "window_tokens = 100000 (10,000,000,000 target tokens a window) is beyond the "
+                                        "limit of 256"),
+        ([], "batch_size: [1\n", "not valid YAML"),
+        ([], "batch_size: !!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),
+    ],
+)
+def test_hostile_sizes_and_configs_exit_2_before_work(extra: list[str], config_text: str | None, message: str,
+                                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["generate", "--text", "Adenocarcinoma.", "--model", "tiny", "--random-init", "--out",
+            str(tmp_path / "s.tiff"), "--seed", "1", *TINY_SLIDE, *extra]
+    if config_text is not None:
+        (tmp_path / "c.yaml").write_text(config_text)
+        argv += ["--config", str(tmp_path / "c.yaml")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "hacked" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["c.yaml"] if config_text is not None else [])
+
+
+def test_generate_refuses_an_existing_output_unless_overwrite(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "s.tiff"
+    out.write_bytes(b"precious")
+    argv = ["generate", "--text", "Adenocarcinoma.", "--model", "tiny", "--random-init", "--out", str(out),
+            "--seed", "1", *TINY_SLIDE, "--no-progress"]
+    assert main(argv) == 2
+    assert f"--out {out} exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert out.read_bytes() == b"precious"
+    assert main([*argv, "--overwrite"]) == 0
+    with open_slide(out) as slide:
+        assert slide.is_synthetic

@@ -177,3 +177,46 @@ def test_grid_offsets_plan_shifted_copies_of_a_slide_whose_windows_hold_the_shif
     got = store.read(0, (row * n, (row + 1) * n), (col * n, (col + 1) * n)).astype(np.float32)
     np.testing.assert_allclose(got, want, atol=4e-3, rtol=2e-3)
     assert main(prepare_args(slides, reports, tmp_path / "bad", "--grid-offsets", "0")) == 2
+
+
+@pytest.mark.slow  # three prepare runs (180 s on the shared 2-core machine)
+def test_unreadable_slides_are_skipped_listed_and_summarised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    svs = shared_file("wsi/CMU-1-Small-Region.svs")
+    no_mpp = shared_file("wsi/tcga-cr-7395-01a-01-ts1.svs")  # a real TCGA export that stores no µm/px
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    (slides / "slideA.svs").symlink_to(svs)
+    (slides / "slideB.svs").write_bytes(svs.read_bytes()[:300_000])  # truncated
+    (slides / "slideC.svs").symlink_to(no_mpp)
+    reports = tmp_path / "reports.csv"
+    reports.write_text("report_id,patient_id,text\n" + "".join(
+        f"r{i},p{i},\"Skin, excision: basal cell carcinoma, nodular type. Margins are free of tumor.\"\n"
+        for i in "ABC"))
+    match = tmp_path / "match.csv"
+    match.write_text("slide,report_id\nslideA,rA\nslideB,rB\nslideC,rC\n")
+    out = tmp_path / "ds"
+    assert main(prepare_args(slides, reports, out, "--match", str(match))) == 0
+    err = capsys.readouterr().err
+    assert f"zwsi prepare: 2 of 3 slide(s) could not be read and were skipped; see {out / 'prepare-errors.tsv'}" in err
+    status = {s["slide_id"]: (s["status"], s["reason"]) for s in json.loads((out / "manifest.json").read_text())["slides"]}
+    assert status["slideA"] == ("done", "")
+    assert status["slideB"][0] == "skipped" and "SlideReadError: truncated" in status["slideB"][1]
+    assert status["slideC"][0] == "skipped" and "MissingMppError" in status["slideC"][1]
+    assert "--slide-mpp" in status["slideC"][1]  # the hint names a CLI flag
+    lines = (out / "prepare-errors.tsv").read_text().splitlines()
+    assert [ln.split("\t")[0] for ln in lines] == ["slideB", "slideC"]
+    # --on-error stop: the first unreadable slide stops the run with one line, exit 2
+    only_b = tmp_path / "only_b"
+    only_b.mkdir()
+    (only_b / "slideB.svs").symlink_to(slides / "slideB.svs")
+    assert main(prepare_args(only_b, reports, tmp_path / "stop", "--match", str(match), "--on-error", "stop")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("zwsi prepare: SlideReadError: truncated") and "Traceback" not in "".join(err)
+    # --slide-mpp supplies the pixel size of slides that store none
+    only_c = tmp_path / "only_c"
+    only_c.mkdir()
+    (only_c / "slideC.svs").symlink_to(no_mpp)
+    assert main(prepare_args(only_c, reports, tmp_path / "mpp", "--match", str(match), "--slide-mpp", "2.0",
+                             "--mpp", "8.0", "--coarsest-mpp", "32.0")) == 0
+    entry, = json.loads((tmp_path / "mpp" / "manifest.json").read_text())["slides"]
+    assert entry["status"] == "done" and entry["width_um"] == pytest.approx(4443 * 2.0)

@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     g.add_argument("--out", type=Path, required=True, help="output .tiff")
     _slide_args(g)
     g.add_argument("--keep-work", action="store_true", help="keep the latent/pixel zarr stores (<out>.work/)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing --out (otherwise it is refused)")
     g.set_defaults(func=run_generate)
 
     c = subparsers.add_parser(
@@ -74,6 +75,10 @@ def _slide_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the process's GPU, else CPU)")
     p.add_argument("--compression", choices=("jpeg", "deflate", "lzw", "zstd", "none"), default=None)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--max-pixels", type=float, default=None,
+                   help="largest slide accepted, in level-0 pixels (default 4e10 = 200,000² px)")
+    p.add_argument("--max-window-tokens", type=int, default=None,
+                   help="largest target window side in tokens accepted (default 256 = 4096 px)")
 
 
 def _generator(args: argparse.Namespace) -> Any:
@@ -96,8 +101,15 @@ def run_generate(args: argparse.Namespace) -> int:
     from reports import PhiFoundError, load_report
     from slide_io import SlideError
 
+    from zwsi.generate.limits import check_disk, check_geometry, check_request_size, estimate_job
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_request_size(args.width_um, args.height_um, args.mpp, args.max_pixels)  # before the model loads
+        if args.out.exists() and not args.overwrite:
+            raise FileExistsError(f"--out {args.out} exists; pass --overwrite to replace it, or choose another name")
+        if not args.out.parent.is_dir():
+            raise FileNotFoundError(f"--out {args.out}: the folder {args.out.parent} does not exist")
         if args.text is not None:
             if args.report_id is not None or args.row is not None:
                 raise ValueError("--report-id/--row select from a --report file; they do not apply to --text")
@@ -105,6 +117,11 @@ def run_generate(args: argparse.Namespace) -> int:
         else:
             report = load_report(args.report, row=args.row, report_id=args.report_id)
         gen = _generator(args)
+        check_geometry(gen.config.window_tokens, args.max_window_tokens)
+        estimate = estimate_job(gen.plan(args.width_um, args.height_um, args.mpp, args.seed), gen.config.compression)
+        check_disk(estimate, args.out.parent)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"zwsi generate: {estimate.describe()}", file=sys.stderr)
         result = gen.generate(report, args.width_um, args.height_um, args.mpp, args.seed, args.steps, args.guidance,
                               args.out, keep_work=args.keep_work, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, FileExistsError, PhiFoundError, SlideError) as exc:
@@ -129,7 +146,10 @@ def run_cohort(args: argparse.Namespace) -> int:
     from zwsi.generate.cohort import generate_cohort, parse_where
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from zwsi.generate.limits import check_request_size
+
     try:
+        check_request_size(args.width_um, args.height_um, args.mpp, args.max_pixels)
         where = parse_where(args.where)
         records = load_reports(args.reports)
         gen = _generator(args)

@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--text-max-length", type=int, default=None, help="token limit of the text encoder (default its own)")
     p.add_argument("--random-init", action="store_true", help="tests only: a tiny random VAE instead of a real one")
     p.add_argument("--mpp", type=float, default=0.5, help="µm/px of the finest rung (default 0.5)")
+    p.add_argument("--slide-mpp", type=float, default=None,
+                   help="µm/px of level 0 for slides that store none (e.g. a downsampled TCGA export); slides that "
+                   "store one keep theirs")
+    p.add_argument("--on-error", choices=("skip", "stop"), default="skip",
+                   help="an unreadable slide: skip it (default; listed in <out>/prepare-errors.tsv and the summary) "
+                   "or stop the run")
     p.add_argument("--coarsest-mpp", type=float, default=8.0, help="coarsest rung in µm/px (default 8)")
     p.add_argument("--window-tokens", type=int, default=64, help="target window side in tokens (default 64 = 1024 px)")
     p.add_argument("--context-tokens", type=int, default=8, help="neighbour strip width in tokens (default 8)")
@@ -124,6 +130,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             coarsest_mpp=args.coarsest_mpp, plan_config=plan, mapping=mapping, split_fractions=_fractions(args.splits),
             split_seed=args.split_seed, phi_policy=args.phi_policy, encode_margin=args.encode_margin,
             batch_size=args.batch_size, grid_offsets=args.grid_offsets, progress=not args.no_progress,
+            slide_mpp=args.slide_mpp, on_error=args.on_error,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"zwsi prepare: {exc}", file=sys.stderr)
@@ -135,4 +142,8 @@ def run_prepare(args: argparse.Namespace) -> int:
         summary[split] = sum(s.split == split for s in manifest.slides)
     summary["skipped_reasons"] = {s.slide_id: s.reason for s in manifest.slides if s.status == "skipped"}
     print(json.dumps(summary, indent=1))
+    unreadable = [s for s in manifest.slides if s.status == "skipped" and s.reason.startswith("unreadable slide")]
+    if unreadable:
+        print(f"zwsi prepare: {len(unreadable)} of {len(manifest.slides)} slide(s) could not be read and were "
+              f"skipped; see {args.out / 'prepare-errors.tsv'}", file=sys.stderr)
     return 0

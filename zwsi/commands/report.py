@@ -77,7 +77,7 @@ def run_check(args: argparse.Namespace) -> int:
         record = load_report(args.file, row=args.row, report_id=args.report_id, text_key=args.text_key)
     except (FileNotFoundError, ValueError) as exc:
         print(f"zwsi report check: {exc}", file=sys.stderr)
-        return 1
+        return 2  # the same code as `zwsi generate` for the same bad report
     tokenizer = _tokenizer(args)
     refused: str | None = None
     with warnings.catch_warnings():

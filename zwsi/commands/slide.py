@@ -121,16 +121,30 @@ def run_info(args: argparse.Namespace) -> int:
 def run_thumbnail(args: argparse.Namespace) -> int:
     import slide_io
 
+    from PIL import Image
+
+    from slide_io.cleanup import partial_path, remove_stale
+
     if args.size <= 0:
         return _fail(ValueError(f"--size={args.size} must be positive"))
+    Image.init()
+    if args.out.suffix.lower() not in Image.EXTENSION:
+        return _fail(ValueError(f"output {args.out.name!r}: unknown image extension {args.out.suffix!r}; expected "
+                                f".png, .jpg, .tif, .webp, ..."))
+    if not args.out.parent.is_dir():
+        return _fail(ValueError(f"output folder {args.out.parent} does not exist or is not a folder"))
     try:
         with slide_io.open_slide(args.path, args.backend) as slide:
             thumb = slide.get_thumbnail((args.size, args.size))
     except slide_io.SlideError as exc:
         return _fail(exc)
-    tmp = args.out.with_name(f".{args.out.name}.partial{args.out.suffix}")
-    thumb.save(tmp)
-    tmp.replace(args.out)
+    remove_stale(args.out.parent, args.out.name)
+    tmp = partial_path(args.out, args.out.suffix)
+    try:
+        thumb.save(tmp, format=Image.EXTENSION[args.out.suffix.lower()])
+        tmp.replace(args.out)
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"{args.out} {thumb.size[0]}x{thumb.size[1]}")
     return 0
 

@@ -19,6 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="feature extractor: efficientnet_lite0 (default, offline), uni, virchow, virchow2, conch, "
                         "phikon, timm:<architecture> or local-dir:<folder>")
     p.add_argument("--features-weights", metavar="PATH", help="weights file or folder for --features")
+    p.add_argument("--features-allow-pickle", action="store_true",
+                   help="read a trusted .bin/.pth weights file with torch.load(weights_only=True); refused otherwise")
     p.add_argument("--mpp", nargs="+", type=float, metavar="UM_PER_PX",
                    help="magnification levels in µm/px (default: 1×, 2×, 4× the real slide's)")
     p.add_argument("--tile-size", type=int, default=224, help="tile side in px (default 224, at least 161)")
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from validation.pipeline import ValidationConfig, run_validation
 
     config = ValidationConfig(
-        features=args.features, features_weights=args.features_weights, mpps=args.mpp, tile_size=args.tile_size,
+        features=args.features, features_weights=args.features_weights,
+        features_allow_pickle=args.features_allow_pickle, mpps=args.mpp, tile_size=args.tile_size,
         max_tiles=args.max_tiles, tile_mpp=args.tile_mpp, paired=args.paired, window=args.window,
         n_resamples=args.resamples, seed=args.seed)
     result = run_validation(args.real, args.synthetic, args.out, training=args.training, config=config,

@@ -199,7 +199,10 @@ def load_generate_config(path: str | Path, *, base: GenerateConfig | None = None
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"generate config {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:  # a syntax error or a tag (safe_load runs no code): name the file
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a generate config must be a YAML mapping, got {type(data).__name__}")
     preset = data.pop("preset", None)

@@ -156,7 +156,9 @@ class ZImageTextEncoder(TextEncoder):
 
         root = _resolve_hub_folder(path, ("text_encoder", "tokenizer"), allow_download)
         hf_tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
-        model = Qwen3Model.from_pretrained(root / "text_encoder", local_files_only=True, dtype=dtype).to(device)
+        refuse_pickled_weights(root / "text_encoder")
+        model = Qwen3Model.from_pretrained(root / "text_encoder", local_files_only=True, dtype=dtype,
+                                           use_safetensors=True).to(device)
         tokenizer = PromptTokenizer.from_folder(root / "tokenizer", chat=True, max_length=max_length,
                                                 name=f"{root.name}/text_encoder")
         return cls(hf_tokenizer, model, tokenizer, (root / "text_encoder", root / "tokenizer"))
@@ -203,7 +205,8 @@ class HFTextEncoder(TextEncoder):
 
         folder = _resolve_hub_folder(path, (), allow_download)
         hf_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=dtype).to(device)
+        refuse_pickled_weights(folder)
+        model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=dtype, use_safetensors=True).to(device)
         name = folder.parent.name if folder.name == "model" else folder.name
         tokenizer = PromptTokenizer.from_folder(folder, chat=False, max_length=max_length, name=name)
         if tokenizer.max_length > model.config.max_position_embeddings:
@@ -285,3 +288,24 @@ def _file_signature(file: Path, chunk: int = 1 << 20) -> str:
             handle.seek(max(chunk, size - chunk))
             digest.update(handle.read(chunk))
     return json.dumps([file.name, size, digest.hexdigest()])
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickled_weights(folder: Path) -> None:
+    """Refuse a text-encoder folder whose weights are only pickled (``pytorch_model.bin``): unpickling can run code.
+    The project reads safetensors, as it does for transformer and VAE checkpoints.
+
+    Raises:
+        ValueError: naming the pickle file and how to convert it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f"refusing the pickled text-encoder weights {folder / pickles[0]}: unpickling can execute "
+                         f"arbitrary code. Convert them to safetensors in a sandbox (e.g. "
+                         f"AutoModel.from_pretrained(folder).save_pretrained(new_folder, safe_serialization=True)) "
+                         f"and pass the new folder")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ class LoraSettings:
     blocks: list[str] = field(default_factory=lambda: list(LORA_BLOCKS))
 
     def validate(self) -> None:
+        _finite("control.lora", self, ("alpha", "dropout"))
+        if self.alpha <= 0:
+            raise ValueError(f"control.lora.alpha must be > 0, got {self.alpha}")
         if self.rank < 1:
             raise ValueError(f"control.lora.rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
@@ -128,6 +132,7 @@ class DataConfig:
     subtype_balance: float = 1.0
 
     def validate(self) -> None:
+        _finite("data", self, ("phase_weights", "level_weights", "report_drop", "overview_drop", "subtype_balance"))
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError(f"data.batch_size and data.grad_accum must be >= 1, got {self.batch_size}, {self.grad_accum}")
         if len(self.phase_weights) != 4 or min(self.phase_weights) < 0 or sum(self.phase_weights) <= 0:
@@ -164,6 +169,7 @@ class ObjectiveConfig:
     def validate(self) -> None:
         from zwsi.flow import PREDICTIONS
 
+        _finite("objective", self, ("shift", "loc", "scale"))
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"objective.prediction = {self.prediction!r}; expected one of {list(PREDICTIONS)}")
         if self.timesteps not in TIMESTEP_METHODS:
@@ -186,8 +192,12 @@ class OptimConfig:
     grad_clip: float = 1.0
 
     def validate(self) -> None:
+        _finite("optim", self, ("lr", "eps", "weight_decay", "min_lr_ratio", "grad_clip"))
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.eps <= 0 or self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.eps must be > 0, weight_decay >= 0 and min_lr_ratio in [0, 1], got "
+                             f"{self.eps}, {self.weight_decay}, {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
         if self.schedule not in SCHEDULES:
@@ -205,6 +215,7 @@ class EmaConfig:
     start_step: int = 0
 
     def validate(self) -> None:
+        _finite("ema", self, ("decay",))
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"ema.decay must be in [0, 1), got {self.decay}")
 
@@ -269,6 +280,9 @@ class ValidationConfig:
     sample_shift: float | None = None  # None: objective.shift, the shift the model was trained with
 
     def validate(self) -> None:
+        _finite("validation", self, ("sigmas", "sample_shift"))
+        if self.sample_shift <= 0:
+            raise ValueError(f"validation.sample_shift must be > 0, got {self.sample_shift}")
         if self.every < 0 or self.batches < 1 or self.batch_size < 1 or self.sample_windows < 0 or self.sample_steps < 1:
             raise ValueError("validation: every >= 0, batches >= 1, batch_size >= 1, sample_windows >= 0, sample_steps >= 1")
         if not self.sigmas or not all(0 < s <= 1 for s in self.sigmas):
@@ -318,6 +332,15 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """SHA-256 of the config's canonical JSON (recorded with checkpoints)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _finite(section: str, obj: Any, names: tuple[str, ...]) -> None:
+    """Raise naming `section.name` when a number (or a number in a list) is NaN or infinite (YAML's .inf, .nan)."""
+    for name in names:
+        value = getattr(obj, name)
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ValueError(f"{section}.{name} must be a finite number, got {value!r}")
 
 
 def from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None, where: str = "config") -> TrainConfig:

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
 TCGA_PATIENT = re.compile(r"TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
+ERRORS_FILE = "prepare-errors.tsv"
+"""Slides skipped as unreadable: one line each, slide id, path and reason (tab-separated), appended run by run."""
 
 # ---- inputs ------------------------------------------------------------------------------------------------------
 def find_slides(spec: str | Path) -> list[Path]:
@@ -187,6 +189,8 @@ def prepare_dataset(
     latent_dtype: str = "float16",
     grid_offsets: int = 1,
     progress: bool = True,
+    slide_mpp: float | None = None,
+    on_error: str = "skip",
 ) -> Manifest:
     """Prepare (or resume preparing) a training dataset in `out` (see the module docstring).
 
@@ -211,13 +215,21 @@ def prepare_dataset(
         tissue_mpp: µm/px of the tissue mask.
         latent_dtype: dtype of the latent stores.
         progress: show progress bars.
+        slide_mpp: µm/px to assume for slides that store none (CLI ``--slide-mpp``); a slide without one is
+            otherwise unreadable here.
+        on_error: ``"skip"`` (default): an unreadable slide is skipped, its reason recorded in the manifest and
+            in ``<out>/prepare-errors.tsv``, and the run goes on; ``"stop"``: the first one stops the run.
 
     Returns:
         The final manifest.
     """
     from reports import conditioning_text
     from reports.phi import PhiFoundError
+    from slide_io import SlideError
     from zwsi.text.cache import EmbeddingCache
+
+    if on_error not in ("skip", "stop"):
+        raise ValueError(f"on_error={on_error!r}; expected 'skip' or 'stop' (CLI: --on-error)")
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,9 +286,17 @@ def prepare_dataset(
         entry.features = str(cache.path(text_encoder, ct.text).relative_to(out))
         if features.shape[1] != text_info["feature_dim"]:
             raise ValueError(f"text encoder gave {features.shape[1]} features, expected {text_info['feature_dim']}")
-        reason = _encode_slide(slide_path, entry, out, manifest, vae, background, encode_margin, batch_size,
-                               tissue_mpp, latent_dtype, progress,
-                               canvases if grid_offsets > 1 and getattr(vae, "tiny", False) else None)
+        try:
+            reason = _encode_slide(slide_path, entry, out, manifest, vae, background, encode_margin, batch_size,
+                                   tissue_mpp, latent_dtype, progress, slide_mpp,
+                                   canvases if grid_offsets > 1 and getattr(vae, "tiny", False) else None)
+        except SlideError as exc:
+            if on_error == "stop":
+                raise
+            reason = f"unreadable slide: {type(exc).__name__}: {exc}"
+            logger.warning("slide %s skipped: %s", sid, reason)
+            with (out / ERRORS_FILE).open("a", encoding="utf-8") as log:
+                log.write(f"{sid}\t{slide_path}\t{reason}\n")
         entry.status, entry.reason = ("skipped", reason) if reason else ("done", "")
         manifest.write(out)
 
@@ -332,7 +352,7 @@ def _level_canvas(slide: Any, slide_path: Path, mpp: float, n_px: int, vae: Any,
 
 def _encode_slide(
     slide_path: Path, entry: SlideEntry, out: Path, manifest: Manifest, vae: Any, background: np.ndarray,
-    margin: int, batch_size: int, tissue_mpp: float, latent_dtype: str, progress: bool,
+    margin: int, batch_size: int, tissue_mpp: float, latent_dtype: str, progress: bool, slide_mpp: float | None = None,
     canvases: dict[tuple[str, float], np.ndarray] | None = None,
 ) -> str:
     """Encode one slide's windows into its store; returns a reason when the slide is skipped ("" when done).
@@ -344,7 +364,7 @@ def _encode_slide(
     from slide_io import WindowStore, detect_tissue, open_slide
 
     config = manifest.plan_config
-    with open_slide(slide_path) as slide:
+    with open_slide(slide_path, mpp=slide_mpp) as slide:
         mpp = slide.mpp
         oy, ox = entry.origin_um
         width_um, height_um = slide.dimensions[0] * mpp.x - ox, slide.dimensions[1] * mpp.y - oy

@@ -409,6 +409,9 @@ class Trainer:
 
         acc, cfg = self.accelerator, self.config
         model_state = self._model_state()
+        from zwsi.finite import check_finite
+
+        check_finite(model_state, f"checkpoint at step {self.step}")
         opt_state = get_optimizer_state_dict(self.model, self.optimizer,
                                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         unwrapped = self.unwrapped
@@ -487,6 +490,9 @@ class Trainer:
         from zwsi.model.checkpoint import save_pretrained
 
         model = self.unwrapped
+        from zwsi.finite import check_finite
+
+        check_finite(model.named_parameters(), "final model")
         final = self.out / "final"
         variants = [("", nullcontext())]
         if self.ema is not None:
