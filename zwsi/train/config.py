@@ -281,7 +281,7 @@ class ValidationConfig:
 
     def validate(self) -> None:
         _finite("validation", self, ("sigmas", "sample_shift"))
-        if self.sample_shift <= 0:
+        if self.sample_shift is not None and self.sample_shift <= 0:
             raise ValueError(f"validation.sample_shift must be > 0, got {self.sample_shift}")
         if self.every < 0 or self.batches < 1 or self.batch_size < 1 or self.sample_windows < 0 or self.sample_steps < 1:
             raise ValueError("validation: every >= 0, batches >= 1, batch_size >= 1, sample_windows >= 0, sample_steps >= 1")
