@@ -26,17 +26,16 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-import weakref
-
 import torch
+from bench_json import JsonLines
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
-from bench_json import JsonLines
 from zwsi.model import S3DiT, S3DiTConfig
 from zwsi.model.sequence import t2i_sample
 

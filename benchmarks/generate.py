@@ -171,12 +171,12 @@ def mask_child(args: argparse.Namespace) -> None:
     import numpy as np
 
     from slide_io import tissue_mask_rgb
+    from slide_io.tissue import mask_factor
     from zwsi.generate.config import GenerateConfig
-    from zwsi.generate.pipeline import tissue_mask_factor
 
-    level1_mpp = args.mpp * GenerateConfig().factor  # level 0's tissue windows come from level 1's mask
+    level1_mpp = args.mpp * GenerateConfig().plan.factor  # level 0's tissue windows come from level 1's mask
     level1 = tuple(round(v * args.mpp / level1_mpp) for v in reversed(args.size))
-    f = tissue_mask_factor(level1_mpp, level1, GenerateConfig().tissue_mpp)
+    f = mask_factor(level1_mpp, level1, GenerateConfig().tissue_mpp)
     h, w = (-(-v // f) for v in level1)
     rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     loaded = rss_mb()

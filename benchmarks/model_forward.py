@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-
 from bench_json import JsonLines
+
 from zwsi.model import S3DiT, S3DiTConfig
 from zwsi.model.attention import flash_attn_available
 
@@ -195,7 +195,8 @@ def sdpa_kernel(name: str | None) -> Iterator[None]:
     if name is None:
         yield
         return
-    from torch.nn.attention import SDPBackend, sdpa_kernel as force
+    from torch.nn.attention import SDPBackend
+    from torch.nn.attention import sdpa_kernel as force
 
     with force([getattr(SDPBackend, SDPA_KERNELS[name])]):
         yield

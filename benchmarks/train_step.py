@@ -29,8 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
 from bench_json import JsonLines
+
 from zwsi.model import S3DiT, S3DiTConfig
 from zwsi.model.config import PRESETS
 from zwsi.model.sequence import t2i_sample

@@ -207,10 +207,10 @@ def _stage(text: str, start: int, end: int) -> tuple[str, str, int, int] | None:
         value = m.group().rstrip(" ,;/")
         return value, " ".join(parts), m.start(), m.start() + len(value)
     for pattern, label in ((_STAGE_GROUP, "Stage"), (_FIGO, "FIGO")):
-        m = pattern.search(text, start, end)
-        if m is not None:
-            canonical = f"{label} {m.group(1).upper()}{(m.group(2) or '').upper()}"
-            return m.group(), canonical, m.start(), m.end()
+        found = pattern.search(text, start, end)
+        if found is not None:
+            canonical = f"{label} {found.group(1).upper()}{(found.group(2) or '').upper()}"
+            return found.group(), canonical, found.start(), found.end()
     return None
 
 

@@ -33,7 +33,7 @@ from slide_io.provenance import Provenance, read_provenance, sha256_file, sha256
 from slide_io.reader import Slide, open_slide
 from slide_io.store import LevelInfo, WindowStore
 from slide_io.tiling import TileGrid, Window, tile_grid
-from slide_io.tissue import TissueMask, detect_tissue, tissue_mask_rgb
+from slide_io.tissue import TissueMask, banded_tissue_mask, detect_tissue, tissue_mask_rgb
 from slide_io.types import Mpp
 from slide_io.writer import CallableSource, SlideSource, TileSource, write_pyramid
 
@@ -46,6 +46,7 @@ __all__ = [
     "TissueMask",
     "Window",
     "WindowStore",
+    "banded_tissue_mask",
     "detect_tissue",
     "tile_grid",
     "tissue_mask_rgb",

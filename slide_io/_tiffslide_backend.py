@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tiffslide
 import tifffile
+import tiffslide
 from numpy.typing import NDArray
 from PIL import Image
 

@@ -51,7 +51,7 @@ def _is_ome_tiff(path: Path) -> bool:
     try:
         with tifffile.TiffFile(path) as tf:
             return bool(tf.is_ome)
-    except Exception:  # not a TIFF, or unreadable: let the backends report it
+    except Exception:  # noqa: BLE001 - not a TIFF, or unreadable: let the backends report it
         return False
 
 
@@ -81,7 +81,7 @@ def _tiff_damage(path: Path) -> str | None:
                     end = max(o + c for o, c in zip(offsets, counts))
                     if end > size:
                         return f"truncated: image data of directory {page.index} ends at byte {end} > file size {size}"
-    except Exception:  # not a TIFF at all: the backends decide
+    except Exception:  # noqa: BLE001 - not a TIFF at all: the backends decide
         return None
     finally:
         logger.removeHandler(capture)
@@ -97,7 +97,9 @@ MAX_CHUNK_BYTES = 1 << 30
 def _hostile_geometry(page: object) -> str | None:
     """Why a TIFF directory's geometry is beyond what any slide uses (a reader would allocate gigabytes for one tile
     or strip), or None. Checked before a backend sees the file: openslide aborts the process on such allocations."""
-    get = lambda name: int(getattr(page, name, 0) or 0)  # noqa: E731
+    def get(name: str) -> int:
+        return int(getattr(page, name, 0) or 0)
+
     index = getattr(page, "index", "?")
     width, length, spp = get("imagewidth"), get("imagelength"), max(1, get("samplesperpixel"))
     if width > MAX_LEVEL_SIDE or length > MAX_LEVEL_SIDE:
@@ -475,7 +477,7 @@ def _own_associated_images(path: Path) -> dict[str, Image.Image]:
     with tifffile.TiffFile(path) as tf:
         for page in tf.pages:
             desc = getattr(page, "description", "")
-            if desc in ("thumbnail", "label") and not page.is_tiled:
+            if desc in ("thumbnail", "label") and isinstance(page, tifffile.TiffPage) and not page.is_tiled:
                 if math.prod(page.shape) > MAX_ASSOCIATED_PIXELS * 4:
                     msg = f"associated image {desc!r} is {page.shape}, beyond {MAX_ASSOCIATED_PIXELS:,} pixels"
                     raise SlideReadError(msg, path)

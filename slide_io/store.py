@@ -71,7 +71,7 @@ class WindowStore:
     def __init__(self, group: zarr.Group, path: Path) -> None:
         self._group = group
         self.path = path
-        attrs = dict(group.attrs)
+        attrs: dict[str, Any] = dict(group.attrs)
         if attrs.get("zwsi_store") != FORMAT_VERSION or attrs.get("kind") not in KINDS:
             msg = f"not a Z-WSI window store (attrs zwsi_store={attrs.get('zwsi_store')!r}, kind={attrs.get('kind')!r})"
             raise StoreError(msg, path)
@@ -113,7 +113,8 @@ class WindowStore:
             if channels not in (None, 3) or dtype not in (None, np.uint8, "uint8"):
                 msg = f"pixel stores are (rows, cols, 3) uint8; got channels={channels}, dtype={dtype}"
                 raise ValueError(msg)
-            channels, np_dtype = 3, np.dtype(np.uint8)
+            np_dtype: np.dtype[Any] = np.dtype(np.uint8)
+            channels = 3
         else:
             if channels is None or channels <= 0:
                 msg = f"latent stores need channels > 0, got {channels}"
@@ -229,8 +230,7 @@ class WindowStore:
         Raises:
             StoreError: no such level.
         """
-        sub = self._level(level)
-        a = sub.attrs
+        a: dict[str, Any] = dict(self._level(level).attrs)
         return LevelInfo(level, (int(a["shape"][0]), int(a["shape"][1])), Mpp(*a["mpp"]),
                          (int(a["origin"][0]), int(a["origin"][1])), (int(a["grid"][0]), int(a["grid"][1])))
 
@@ -242,6 +242,12 @@ class WindowStore:
         sub = self._group[name]
         assert isinstance(sub, zarr.Group)
         return sub
+
+    def _array(self, level: int, name: str) -> zarr.Array[Any]:
+        """A level's ``data`` or ``done`` array."""
+        array = self._level(level)[name]
+        assert isinstance(array, zarr.Array)
+        return array
 
     # --- windows ---------------------------------------------------------------------------------------------------
     def write_window(self, level: int, row0: int, col0: int, array: NDArray[Any]) -> None:
@@ -274,15 +280,14 @@ class WindowStore:
         if self.kind == "pixel" and arr.dtype != np.uint8:
             msg = f"pixel windows must be uint8, got {arr.dtype}"
             raise StoreError(msg, self.path)
-        sub = self._level(level)
-        data = sub["data"]
+        data = self._array(level, "data")
         if self.kind == "latent":
             data[:, row0 : row0 + h, col0 : col0 + w] = arr.astype(self.dtype, copy=False)
         else:
             data[row0 : row0 + h, col0 : col0 + w] = arr
         (i0, i1), (j0, j1) = _covered(row0, h, info.grid[0], rows), _covered(col0, w, info.grid[1], cols)
         if i1 > i0 and j1 > j0:
-            sub["done"][i0:i1, j0:j1] = True
+            self._array(level, "done")[i0:i1, j0:j1] = True
 
     def read(self, level: int, rows: tuple[int, int] | slice, cols: tuple[int, int] | slice) -> NDArray[Any]:
         """Read rows [r0, r1) × cols [c0, c1) of a level: latent (C, h, w) or pixel (h, w, 3).
@@ -298,14 +303,14 @@ class WindowStore:
         if not (0 <= r0 < r1 <= info.shape[0] and 0 <= c0 < c1 <= info.shape[1]):
             msg = f"read rows {r0}:{r1}, cols {c0}:{c1} is empty or leaves level {level} of shape {info.shape}"
             raise StoreError(msg, self.path)
-        data = self._level(level)["data"]
+        data = self._array(level, "data")
         if self.kind == "latent":
             return np.asarray(data[:, r0:r1, c0:c1])
         return np.asarray(data[r0:r1, c0:c1])
 
     def done(self, level: int) -> NDArray[np.bool_]:
         """The done mask of a level, (grid rows, grid cols) bool."""
-        return np.asarray(self._level(level)["done"][...])
+        return np.asarray(self._array(level, "done")[...])
 
     def pending(self, level: int) -> list[tuple[int, int]]:
         """(row0, col0) of every grid cell not yet written, row-major: what a resumed writer still has to do."""

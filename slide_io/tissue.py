@@ -5,11 +5,14 @@ Method: on an RGB overview at `mpp`, Otsu thresholds on HSV saturation and on me
 glass only, whose Otsu split falls inside the noise, gives an empty mask), unless it is near-black (scanner fill).
 The mask is then cleaned: closing with a disk of `closing_um`, objects and holes smaller than `min_area_um2` are
 removed. Works on H&E and on IHC (DAB + haematoxylin), where saturation is low in pale DAB but OD is not.
+
+`banded_tissue_mask` does the same for an image read in row bands (a generated slide level in a pixel store).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -128,3 +131,49 @@ def detect_tissue(slide: Slide, mpp: float = 8.0, **options: float) -> TissueMas
     rgb = slide.read_region_mpp((0, 0), target, size)
     mask = tissue_mask_rgb(rgb, (target.x + target.y) / 2, **options)
     return TissueMask(mask, target, base)
+
+
+MAX_MASK_PIXELS = 4_000_000
+"""A banded tissue mask is at most about this many pixels (tissue_mask_rgb holds ~200 B per pixel while it works)."""
+
+
+def mask_factor(mpp: float, size: tuple[int, int], tissue_mpp: float) -> int:
+    """Image pixels per mask pixel side: ``round(tissue_mpp / mpp)``, raised so the mask stays under
+    `MAX_MASK_PIXELS` for an image of ``size`` (height, width)."""
+    h, w = size
+    return max(1, round(tissue_mpp / mpp), math.ceil(math.sqrt(h * w / MAX_MASK_PIXELS)))
+
+
+def block_mean(rgb: NDArray[np.uint8], f: int) -> NDArray[np.uint8]:
+    """Mean of f x f blocks of an (h, w, 3) uint8 image (edge blocks partial, edge-padded), rounded, uint8."""
+    if f == 1:
+        return rgb
+    h, w = rgb.shape[:2]
+    hp, wp = -(-h // f) * f, -(-w // f) * f
+    padded = np.pad(rgb, ((0, hp - h), (0, wp - w), (0, 0)), mode="edge").astype(np.float32)
+    means: NDArray[np.uint8] = np.rint(padded.reshape(hp // f, f, wp // f, f, 3).mean(axis=(1, 3))).astype(np.uint8)
+    return means
+
+
+def banded_tissue_mask(read_rows: Callable[[int, int], NDArray[np.uint8]], size: tuple[int, int], mpp: float,
+                       tissue_mpp: float) -> tuple[NDArray[np.bool_], float]:
+    """Tissue mask of an image too large for memory, read in row bands, at about ``tissue_mpp`` µm/px.
+
+    The bands are averaged over f x f blocks (`mask_factor`: about tissue_mpp / mpp, coarser for a mask that would
+    exceed `MAX_MASK_PIXELS`), then `tissue_mask_rgb` decides; memory holds one band and the small image.
+
+    Args:
+        read_rows: ``read_rows(y0, y1)`` -> rows [y0, y1) of the image, (y1 - y0, w, 3) uint8 (e.g. a level of a
+            pixel `WindowStore`).
+        size: (height, width) of the image.
+        mpp: its µm/px.
+        tissue_mpp: the mask's target µm/px.
+
+    Returns:
+        (mask, mask_mpp): the bool mask anchored at the image's top-left corner and its µm/px.
+    """
+    f = mask_factor(mpp, size, tissue_mpp)
+    h, w = size
+    band = f * max(1, 2**22 // (w * f))  # about 4 M pixels per band (12 MB uint8) whatever the image width
+    rows = [block_mean(read_rows(y, min(y + band, h)), f) for y in range(0, h, band)]
+    return tissue_mask_rgb(np.concatenate(rows, axis=0), mpp * f), mpp * f

@@ -165,7 +165,7 @@ def efficientnet_lite0(*, with_classifier: bool = False) -> torch.nn.Module:
     import timm
 
     state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model: Any = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     model.load_state_dict(map_lite0_state_dict(state), strict=True)
     if not with_classifier:
         model.reset_classifier(0)
@@ -189,7 +189,7 @@ def read_state_dict(path: str | Path, prefix: str = "", *, allow_pickle: bool = 
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        state: Any = load_file(str(path))
     elif not allow_pickle:
         msg = (f"refusing the pickled feature-extractor weights {path}: unpickling can execute arbitrary code. "
                f"Convert them to .safetensors (safetensors.torch.save_file(state_dict, 'model.safetensors') in a "
@@ -222,7 +222,7 @@ def _weights_file(weights: str | Path | None, name: str) -> Path:
 
 
 def _cls_and_mean(reg_tokens: int) -> Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]:
-    def embed(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def embed(model: Any, x: torch.Tensor) -> torch.Tensor:
         tokens = model.forward_features(x)  # (B, 1 + R + L, D)
         return torch.cat([tokens[:, 0], tokens[:, 1 + reg_tokens:].mean(1)], dim=-1)  # (B, 2D)
 
@@ -252,7 +252,7 @@ def load_extractor(name: str = DEFAULT_EXTRACTOR, weights: str | Path | None = N
     return _EXTRACTORS[key]
 
 
-_EXTRACTORS: dict[tuple[str, str | None, int], FeatureExtractor] = {}
+_EXTRACTORS: dict[tuple[str, str | None, int, bool], FeatureExtractor] = {}
 
 
 def _build_extractor(name: str, weights: str | Path | None, batch_size: int, allow_pickle: bool = False
@@ -270,7 +270,7 @@ def _build_extractor(name: str, weights: str | Path | None, batch_size: int, all
             from timm.layers import SwiGLUPacked
 
             kwargs = {**kwargs, "mlp_layer": SwiGLUPacked, "act_layer": torch.nn.SiLU}
-        model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+        model: Any = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
         _load_strict(model, read_state_dict(path, prefix, allow_pickle=allow_pickle), path)
         embed = _cls_and_mean(kwargs.get("reg_tokens", 0)) if name.startswith("virchow") else (lambda m, x: m(x))
         return FeatureExtractor(f"{name} ({arch}, weights {path})", model.eval(), size, mean, std, embed, batch_size)
@@ -313,7 +313,7 @@ def _build_extractor(name: str, weights: str | Path | None, batch_size: int, all
     raise ValueError(msg)
 
 
-def _is_head(model: torch.nn.Module, key: str) -> bool:
+def _is_head(model: Any, key: str) -> bool:
     head = model.pretrained_cfg.get("classifier", "")
     return bool(head) and key.startswith(f"{head}.") and key not in model.state_dict()
 

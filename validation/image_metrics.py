@@ -90,7 +90,7 @@ def ms_ssim_pairs(tiles: ArrayLike, *, n_pairs: int = 32, seed: int = 0) -> NDAr
     pairs = random_pairs(arr.shape[0], n_pairs, seed=seed)
     t = to_tensor(arr)
     metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_size=MS_SSIM_KERNEL, reduction="none")
-    values = metric(t[pairs[:, 0]], t[pairs[:, 1]])  # (P, 1)
+    values = torch.as_tensor(metric(t[pairs[:, 0]], t[pairs[:, 1]]))  # (P, 1)
     return values.reshape(-1).double().numpy()
 
 
@@ -112,6 +112,6 @@ def paired_ssim_psnr(reference: ArrayLike, test: ArrayLike) -> tuple[NDArray[np.
         msg = f"reference and test must have the same shape; got {ref.shape} and {tst.shape}"
         raise ValueError(msg)
     a, b = to_tensor(ref), to_tensor(tst)
-    ssim = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")(b, a).reshape(-1)  # (N,)
-    psnr = PSNRMetric(max_val=1.0, reduction="none")(b, a).reshape(-1)  # (N,)
+    ssim = torch.as_tensor(SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")(b, a)).reshape(-1)  # (N,)
+    psnr = torch.as_tensor(PSNRMetric(max_val=1.0, reduction="none")(b, a)).reshape(-1)  # (N,)
     return ssim.double().numpy(), psnr.double().numpy()

@@ -59,7 +59,8 @@ def is_slide(path: Path) -> bool:
 
         try:
             with tifffile.TiffFile(path) as tif:
-                return bool(tif.pages[0].is_tiled)
+                page = tif.pages[0]
+                return isinstance(page, tifffile.TiffPage) and bool(page.is_tiled)
         except (tifffile.TiffFileError, OSError, IndexError):
             return False
     return False
@@ -113,7 +114,8 @@ def crop_grid(image: NDArray[np.uint8], tile_size: int) -> list[tuple[int, int, 
 
 def read_rgb(path: Path) -> NDArray[np.uint8]:
     """An image file as (H, W, 3) uint8 RGB (alpha composited on white)."""
-    with Image.open(path) as img:
+    with Image.open(path) as opened:
+        img: Image.Image = opened
         if img.mode in ("RGBA", "LA", "P"):
             img = img.convert("RGBA")
             bg = Image.new("RGBA", img.size, (255, 255, 255, 255))

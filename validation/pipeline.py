@@ -283,7 +283,6 @@ def _slide_checks(tileset: TileSet, mpps: Sequence[float], window: int | None, s
     windows the synthetic slides were generated in (``generated``, or the slide's own provenance), scaled to each
     µm/px — so every generated border is checked, and real slides are measured on the same grid as a reference."""
     import slide_io
-
     from validation.inputs import level_key
     from validation.slide_checks import slide_level_consistency, slide_seam_report
 
@@ -314,6 +313,7 @@ def generation_window_of(path: Path) -> tuple[int, float] | None:
         return generation_window(slide)
 
 
+# long: the one validation entry point: a 20-line docstring, then one pass over the shared levels
 def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], out_dir: str | Path, *,
                    training: Sequence[str | Path] | None = None, config: ValidationConfig | None = None,
                    progress: bool = True, write_html: bool = True) -> ValidationResult:
@@ -337,7 +337,6 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
     from rich.console import Console
 
     from validation.features import load_extractor
-
     from validation.inputs import expand_paths
 
     config = config or ValidationConfig()
@@ -347,7 +346,7 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
     for role, paths in (("real", real), ("synthetic", synthetic), ("training", training)):
         if paths:
             expand_paths(paths, role=role)  # every input exists and is a slide or an image, before any work
-    kw = {"mpps": config.mpps, "tile_size": config.tile_size, "max_tiles": config.max_tiles,
+    kw: dict[str, Any] = {"mpps": config.mpps, "tile_size": config.tile_size, "max_tiles": config.max_tiles,
           "tile_mpp": config.tile_mpp, "seed": config.seed}
     with console.status("reading real tiles"):
         real_set = load_tileset("real", real, **kw)
@@ -405,10 +404,10 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
         raise ValueError(msg)
     slide_mpps = [lv.mpp for k, lv in real_set.levels.items() if k in levels and lv.mpp is not None]
     console.log("slide checks: seams and level consistency")
-    synthetic = _slide_checks(synth_set, slide_mpps, config.window, config.seed)
+    synthetic_checks = _slide_checks(synth_set, slide_mpps, config.window, config.seed)
     grid = next((generation_window_of(p) for p in synth_set.slides if generation_window_of(p)), None)
     slides = {"real": _slide_checks(real_set, slide_mpps, config.window, config.seed, generated=grid),
-              "synthetic": synthetic}
+              "synthetic": synthetic_checks}
     result.metrics = {
         "feature_extractor": extractor.name,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},

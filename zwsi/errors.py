@@ -16,6 +16,7 @@ import errno
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -86,7 +87,7 @@ def describe_user_error(exc: BaseException) -> str | None:
     return None
 
 
-def run_command(command: str, func, args) -> int:  # type: ignore[no-untyped-def]
+def run_command(command: str, func: Any, args: Any) -> int:
     """Run a subcommand handler with the one error path; returns the exit code."""
     install_sigterm_handler()
     try:

@@ -71,6 +71,7 @@ def add_noise(x0: Latents, eps: Latents, sigma: Tensor) -> Latents:
     _check_per_sample("sigma", sigma, _batch_size(x0))
     if isinstance(x0, list):
         return [(1 - s) * a + s * e for a, e, s in zip(x0, eps, sigma.tolist())]
+    assert not isinstance(eps, list), "eps must have the structure of x0"
     s = _per_sample(sigma, x0)
     return (1 - s) * x0 + s * eps
 
@@ -79,6 +80,7 @@ def velocity(x0: Latents, eps: Latents) -> Latents:
     """The flow-matching target the model predicts: ``x0 - eps``."""
     if isinstance(x0, list):
         return [a - e for a, e in zip(x0, eps)]
+    assert not isinstance(eps, list), "eps must have the structure of x0"
     return x0 - eps
 
 
@@ -109,6 +111,7 @@ def as_velocity(model: Denoiser, prediction: str = "velocity", *, min_sigma: flo
         sigma = (1.0 - t.float()).clamp(min=min_sigma)  # (B,)
         if isinstance(x, list):
             return [(p.float() - xi.float()) / s for p, xi, s in zip(x0_hat, x, sigma.tolist())]
+        assert isinstance(x0_hat, Tensor)
         return (x0_hat.float() - x.float()) / _per_sample(sigma, x0_hat.float())
 
     return velocity_of_sample
@@ -211,6 +214,8 @@ def flow_loss(
             raise ValueError(f"model must return a list of {batch} predictions for a list batch")
         per_sample = torch.stack([((p.float() - y.float()) ** 2).mean() for p, y in zip(prediction, target)])
     else:
+        if isinstance(prediction, list) or isinstance(target, list):
+            raise ValueError("model must return one tensor for a tensor batch")
         if prediction.shape != target.shape:
             raise ValueError(f"model returned shape {tuple(prediction.shape)}, expected {tuple(target.shape)}")
         per_sample = ((prediction.float() - target.float()) ** 2).reshape(batch, -1).mean(dim=1)

@@ -247,7 +247,8 @@ def plan_slide(
     levels = []
     for index, mpp in enumerate(magnification_ladder(final_mpp, coarsest_mpp=coarsest_mpp, factor=config.factor)):
         px = (math.ceil(height_um / mpp - 1e-9), math.ceil(width_um / mpp - 1e-9))
-        grid = tuple(math.ceil(p / (config.window_tokens * config.token_px)) for p in px)
+        side = config.window_tokens * config.token_px
+        grid = (math.ceil(px[0] / side), math.ceil(px[1] / side))
         levels.append(Level(index, mpp, grid, px, config.window_tokens, config.patch_size))
     return SlidePlan(float(height_um), float(width_um), tuple(levels), int(seed), config)
 

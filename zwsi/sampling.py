@@ -128,7 +128,7 @@ def sample(
     if sigmas.dim() != 1 or len(sigmas) < 2 or bool((sigmas[1:] >= sigmas[:-1]).any()):
         raise ValueError(f"sigmas must be a strictly decreasing 1-D schedule of length >= 2, got {sigmas.tolist()}")
     is_list = isinstance(noise, list)
-    xs = [x.float() for x in noise] if is_list else list(noise.float().unbind(0))
+    xs = [x.float() for x in noise] if isinstance(noise, list) else list(noise.float().unbind(0))
     batch = len(xs)
     device = xs[0].device
     steps = range(len(sigmas) - 1)
@@ -144,6 +144,7 @@ def sample(
         pred = _call(model, x_in, t, batch, device)
         w = guidance_scale if t <= cfg_truncation else 0.0
         if w > 0:
+            assert uncond_model is not None  # checked above: guidance needs it
             neg = _call(uncond_model, x_in, t, batch, device)
             pred = [guide(p, n, w, cfg_normalization) for p, n in zip(pred, neg)]
         xs = [euler_step(x, p, sigma, sigma_next) for x, p in zip(xs, pred)]

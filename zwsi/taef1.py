@@ -65,7 +65,7 @@ def taef1_autoencoder(folder: str | Path, **decoder_shape: Any) -> torch.nn.Modu
     """
     from diffusers import AutoencoderTiny
 
-    model = AutoencoderTiny(**TAEF1_ENCODER, **decoder_shape)
+    model: Any = AutoencoderTiny(**TAEF1_ENCODER, **decoder_shape)
     state = taef1_state_dict(folder, decoder=not decoder_shape)
     missing, unexpected = model.load_state_dict(state, strict=False)
     wrong = [k for k in missing if k.startswith("encoder.") or not decoder_shape] + list(unexpected)
@@ -78,6 +78,6 @@ def taef1_vae(folder: str | Path, *, device: torch.device | str = "cpu") -> Any:
     """TAEF1 as a `zwsi.vae.VAE` that decodes (and encodes) Z-Image's scaled latents: the preview codec."""
     from zwsi.vae import VAE
 
-    model = taef1_autoencoder(folder)
+    model: Any = taef1_autoencoder(folder)
     model.register_to_config(scaling_factor=ZIMAGE_SCALING, shift_factor=ZIMAGE_SHIFT)
     return VAE(model.to(device))

@@ -88,7 +88,8 @@ class TrainingPlan:
         if bad:
             raise ValueError(f"the model's components do not fit the plan it was trained with ({PLAN_NAME}): "
                              + "; ".join(bad))
-        wanted = {k: getattr(config, k) for k in GEOMETRY if k in self.plan}
+        geometry = getattr(config, "plan", config)  # a GenerateConfig nests its window geometry under plan
+        wanted = {k: getattr(geometry, k) for k in GEOMETRY if k in self.plan}
         wanted["coarsest_mpp"] = config.coarsest_mpp
         trained = {k: self.plan[k] for k in GEOMETRY if k in self.plan} | {"coarsest_mpp": self.coarsest_mpp}
         if config.shift is not None:

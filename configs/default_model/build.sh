@@ -29,6 +29,9 @@ GEOMETRY="--mpp 0.5 --coarsest-mpp 2 --factor 4 --window-tokens 16 --context-tok
   --overview-margin 2 --patch-size 4 --encode-margin 2"
 mkdir -p "$RUN/slides/train" "$RUN/slides/holdout"
 
+# Every training step resumes the same way: `--resume RUN` when RUN holds a checkpoint (zwsi train and train-vae).
+resume() { if ls -d "$1"/checkpoints/step-* >/dev/null 2>&1; then echo "--resume $1"; fi; }
+
 # 0. hold out the bottom quarter of the slide (level-0 y >= 2225 of 2967 px, 55 % tissue: dermis and epidermis):
 #    never trained on, the reference for every metric. The top three quarters are written in their 8 flips and quarter
 #    turns (histology has no preferred orientation; TAEF1's latents do not turn with the image, so the pixels are
@@ -60,11 +63,7 @@ $ZWSI prepare --slides "$RUN/slides/holdout/CMU-1-Small-Region.tif" --reports co
 
 # 3. the zwsi-small transformer from DiT's initialisation (x-prediction, shift 3 for training and sampling)
 if [ ! -d "$RUN/train/final/ema-transformer" ]; then
-  if ls -d "$RUN"/train/checkpoints/step-* >/dev/null 2>&1; then
-    $ZWSI train --config "$TRAIN_CONFIG" --dataset "$RUN/dataset" --out "$RUN/train" --resume "$RUN/train"
-  else
-    $ZWSI train --config "$TRAIN_CONFIG" --dataset "$RUN/dataset" --out "$RUN/train"
-  fi
+  $ZWSI train --config "$TRAIN_CONFIG" --dataset "$RUN/dataset" --out "$RUN/train" $(resume "$RUN/train")
 fi
 
 # 4. the pipeline folder (the training plan and schedule travel with it), then into the package (CPU build only)

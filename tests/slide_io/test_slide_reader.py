@@ -8,8 +8,15 @@ import pytest
 import tiffslide
 
 import slide_io
-from slide_io import InvalidRegionError, MissingMppError, NotASlideError, SlideLevelError, SlideNotFoundError
-from slide_io import SlideReadError, UnsupportedSlideError
+from slide_io import (
+    InvalidRegionError,
+    MissingMppError,
+    NotASlideError,
+    SlideLevelError,
+    SlideNotFoundError,
+    SlideReadError,
+    UnsupportedSlideError,
+)
 from tests.slide_io.conftest import pattern, write_tifffile_pyramid
 
 

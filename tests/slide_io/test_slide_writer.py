@@ -7,8 +7,8 @@ import json
 import numpy as np
 import openslide
 import pytest
-import tiffslide
 import tifffile
+import tiffslide
 
 import slide_io
 from slide_io import MissingMppError, Provenance, SlideWriteError, read_provenance, write_pyramid

@@ -1,4 +1,4 @@
-"""Fixtures shared by the generation tests (`tests/zwsi/test_generate_*.py`)."""
+"""Fixtures shared by the zwsi tests: one torch thread, and the tiny random generation pipeline."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO_ROOT
-from tests.zwsi.model_testing import random_model
+from tests.zwsi.model.model_testing import random_model
 from zwsi.model import ImageSegment, SequenceSample, grid_positions, report_token_count
 
 FSDP_CONFIG = REPO_ROOT / "configs" / "accelerate" / "fsdp-multi-gpu.yaml"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.zwsi.model_testing import randn, random_model
+from tests.zwsi.model.model_testing import randn, random_model
 from zwsi.model import ImageSegment, S3DiTConfig, SequenceSample, grid_positions, report_token_count
 from zwsi.model import attention as attn_mod
 from zwsi.model.attention import AttentionLayout, attention

@@ -46,7 +46,8 @@ def test_loads_without_a_name_as_the_zwsi_small_pipeline(default: SlideGenerator
     assert (default.vae.latent_channels, default.vae.spatial_factor) == (16, 8)
     assert default.text_encoder.feature_dim == 384 and default.shift == 3.0
     cfg = default.config
-    assert (cfg.window_tokens, cfg.context_tokens, cfg.vae_tile, cfg.steps, cfg.dtype) == (16, 2, 16, 8, "fp32")
+    assert (cfg.plan.window_tokens, cfg.plan.context_tokens, cfg.vae_tile, cfg.steps, cfg.dtype) == (16, 2, 16, 8, "fp32")
+    assert (cfg.plan.patch_size, cfg.plan.vae_factor, cfg.plan.latent_channels) == (4, 8, 16)  # the model's own
     assert SlideGenerator.from_pretrained("default").model_sha256 == default.model_sha256
     with pytest.raises(ValueError, match="the built-in default model has trained weights"):
         SlideGenerator.from_pretrained(random_init=True)
@@ -98,7 +99,7 @@ def test_export_bundles_a_pipeline_folder_that_loads(tmp_path: Path, capsys: pyt
     assert main(argv) == 0
     assert "zwsi train export: wrote" in capsys.readouterr().out
     gen = SlideGenerator.from_pretrained(tmp_path / "m")
-    assert gen.shift == 2.5 and gen.config.window_tokens == 16
+    assert gen.shift == 2.5 and gen.config.plan.window_tokens == 16
     for name, p in gen.transformer.state_dict().items():
         assert torch.equal(p, model.state_dict()[name]), name
     stored = load_file(tmp_path / "m" / "vae" / "diffusion_pytorch_model.safetensors")

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 
-
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `zwsi generate` and `zwsi generate-cohort`."""
     g = subparsers.add_parser(
         "generate", help="generate one synthetic whole-slide image from a report",
@@ -90,6 +89,13 @@ def _generator(args: argparse.Namespace) -> Any:
                                           overrides=overrides)
 
 
+def _request(args: argparse.Namespace) -> Any:
+    """The `SlideRequest` of the slide flags (`zwsi generate`; the base seed for `zwsi generate-cohort`)."""
+    from zwsi.generate.job import SlideRequest
+
+    return SlideRequest(args.width_um, args.height_um, args.mpp, args.seed, args.steps, args.guidance)
+
+
 def _fail(command: str, exc: BaseException) -> int:
     print(f"zwsi {command}: {type(exc).__name__}: {exc}", file=sys.stderr)
     return 2
@@ -100,7 +106,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from reports import PhiFoundError, load_report
     from slide_io import SlideError
-
     from zwsi.generate.limits import check_disk, check_geometry, check_request_size, estimate_job
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -116,14 +121,15 @@ def run_generate(args: argparse.Namespace) -> int:
             report: Any = args.text
         else:
             report = load_report(args.report, row=args.row, report_id=args.report_id)
+        request = _request(args)
         gen = _generator(args)
-        check_geometry(gen.config.window_tokens, args.max_window_tokens)
+        check_geometry(gen.config.plan.window_tokens, args.max_window_tokens)
         estimate = estimate_job(gen.plan(args.width_um, args.height_um, args.mpp, args.seed), gen.config.compression)
         check_disk(estimate, args.out.parent)
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"zwsi generate: {estimate.describe()}", file=sys.stderr)
-        result = gen.generate(report, args.width_um, args.height_um, args.mpp, args.seed, args.steps, args.guidance,
-                              args.out, keep_work=args.keep_work, progress=not args.no_progress)
+        result = gen.generate_request(report, request, args.out, keep_work=args.keep_work,
+                                      progress=not args.no_progress)
     except (ValueError, FileNotFoundError, FileExistsError, PhiFoundError, SlideError) as exc:
         return _fail("generate", exc)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -152,10 +158,9 @@ def run_cohort(args: argparse.Namespace) -> int:
         check_request_size(args.width_um, args.height_um, args.mpp, args.max_pixels)
         where = parse_where(args.where)
         records = load_reports(args.reports)
-        gen = _generator(args)
-        manifest = generate_cohort(gen, records, args.out, per_report=args.per_report, width_um=args.width_um,
-                                   height_um=args.height_um, mpp=args.mpp, seed=args.seed, steps=args.steps,
-                                   guidance=args.guidance, where=where, progress=not args.no_progress)
+        request = _request(args)
+        manifest = generate_cohort(_generator(args), records, args.out, per_report=args.per_report, request=request,
+                                   where=where, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, FileExistsError, PhiFoundError, SlideError) as exc:
         return _fail("generate-cohort", exc)
     print(f"zwsi generate-cohort: manifest {manifest}")

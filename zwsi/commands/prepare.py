@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `zwsi prepare`."""
     p = subparsers.add_parser(
         "prepare", help="encode slides and reports into a training dataset (latent stores, features, manifest)",
@@ -76,8 +76,8 @@ def _fractions(text: str) -> dict[str, float]:
 def _models(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
     """(vae, text encoder, vae path recorded in the manifest)."""
     from zwsi.text.encoders import load_text_encoder, minilm_path
-    from zwsi.train.prepare import random_vae
     from zwsi.vae import VAE
+    from zwsi.vae.presets import tiny_vae
 
     model = Path(args.model) if args.model else None
     if model is not None and not model.is_dir():
@@ -85,7 +85,7 @@ def _models(args: argparse.Namespace) -> tuple[Any, Any, str | None]:
     if args.random_init:
         if args.vae is not None:
             raise ValueError("--random-init and --vae exclude each other")
-        vae, vae_path = random_vae(0), "vae"
+        vae, vae_path = tiny_vae(0), "vae"
         vae.autoencoder.save_pretrained(args.out / "vae", safe_serialization=True)
     else:
         folder = args.vae or model

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `zwsi report check`."""
     report = subparsers.add_parser("report", help="inspect pathology reports (normalisation, PHI, tokens)")
     sub = report.add_subparsers(dest="report_command", metavar="SUBCOMMAND")

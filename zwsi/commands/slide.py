@@ -18,7 +18,7 @@ from typing import Any
 from slide_io.dihedral import output_shape
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `zwsi slide info`, `zwsi slide thumbnail` and `zwsi slide convert`."""
     slide = subparsers.add_parser("slide", help="inspect, thumbnail and convert whole-slide images")
     sub = slide.add_subparsers(dest="slide_command", metavar="SUBCOMMAND")
@@ -119,10 +119,9 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_thumbnail(args: argparse.Namespace) -> int:
-    import slide_io
-
     from PIL import Image
 
+    import slide_io
     from slide_io.cleanup import partial_path, remove_stale
 
     if args.size <= 0:

@@ -1,6 +1,7 @@
 """`zwsi train`: fine-tune the S3-DiT from a YAML config; `zwsi train merge-lora`: bake an adapter into a checkpoint.
 
-    zwsi train --config configs/train/tiny-cpu.yaml --dataset DATASET [--max-steps N] [--out DIR] [--resume DIR]
+    zwsi train --config configs/train/tiny-cpu.yaml --dataset DATASET [--max-steps N] [--out DIR]
+    zwsi train --resume RUN [--max-steps N]      # continue a run (or a checkpoint folder): its config, data, folder
     accelerate launch --config_file configs/accelerate/ddp-multi-gpu.yaml -m zwsi train --config ...
     OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 -m zwsi train --config ...   # several CPU processes (gloo)
     zwsi train merge-lora --base Z-Image-Turbo --adapter runs/x/final/adapter --out merged/transformer
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `zwsi train` and `zwsi train merge-lora`."""
     p = subparsers.add_parser(
         "train", help="fine-tune the S3-DiT on a prepared dataset (full, LoRA or frozen groups)",
@@ -26,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--dataset", type=Path, default=None, help="prepared dataset folder (overrides data.dataset)")
     p.add_argument("--out", type=Path, default=None, help="run folder (overrides `out`)")
     p.add_argument("--max-steps", type=int, default=None, help="override budget.max_steps")
-    p.add_argument("--resume", type=Path, default=None, help="a checkpoint folder, or a run folder (newest checkpoint)")
+    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="continue a run: DIR is its run folder (newest checkpoint) or a checkpoint folder; --config, "
+                   "--dataset and --out default to the run's")
     p.set_defaults(func=run_train)
     sub = p.add_subparsers(dest="train_command", metavar="SUBCOMMAND")
     m = sub.add_parser("merge-lora", help="merge a LoRA adapter into its base and save the full transformer")
@@ -59,16 +62,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run_train(args: argparse.Namespace) -> int:
     import logging
 
-    from zwsi.train.config import load_train_config
+    from zwsi.train.config import from_dict, load_train_config
+    from zwsi.train.core import saved_config
     from zwsi.train.trainer import NonFiniteLossError, Trainer
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.config is None:
-        print("zwsi train: --config is required (e.g. configs/train/tiny-cpu.yaml)", file=sys.stderr)
+    if args.config is None and args.resume is None:
+        print("zwsi train: --config is required (e.g. configs/train/tiny-cpu.yaml), or --resume RUN to continue a run",
+              file=sys.stderr)
         return 2
     try:
         overrides = {"budget": {"max_steps": args.max_steps}} if args.max_steps is not None else None
-        config = load_train_config(args.config, overrides)
+        if args.config is not None:
+            config = load_train_config(args.config, overrides)
+        else:
+            config = from_dict(saved_config(args.resume), overrides, where=f"--resume {args.resume}")
         result = Trainer(config, out=args.out, dataset=args.dataset, resume=args.resume).fit()
     except (ValueError, FileNotFoundError) as exc:
         print(f"zwsi train: {exc}", file=sys.stderr)
@@ -97,16 +105,13 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    import torch
-
-    from zwsi.generate.config import load_generate_config
+    from zwsi.dtypes import resolve_dtype
+    from zwsi.generate.config import GenerateConfig, load_generate_config
     from zwsi.generate.pipeline import SlideGenerator
     from zwsi.model.checkpoint import load_transformer
     from zwsi.text.encoders import load_text_encoder
-    from zwsi.vae import VAE
-
-    from zwsi.generate.config import GenerateConfig
     from zwsi.training_plan import TrainingPlan
+    from zwsi.vae import VAE
 
     try:
         run = args.run if args.run is not None else args.transformer.resolve().parent.parent
@@ -132,7 +137,7 @@ def run_export(args: argparse.Namespace) -> int:
                   f"geometry and schedule it was trained with", file=sys.stderr)
         gen = SlideGenerator(transformer, vae, encoder, config=config, shift=shift, prediction=prediction,
                              name=args.out.name)
-        half = {"fp16": torch.float16, "fp32": None}
+        half = {"fp16": resolve_dtype("fp16"), "fp32": None}
         out = gen.save_pretrained(args.out, vae_dtype=half[args.vae_dtype], transformer_dtype=half[args.transformer_dtype])
         if plan is not None:
             plan.write(out)

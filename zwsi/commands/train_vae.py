@@ -1,10 +1,13 @@
 """`zwsi train-vae`: train the small VAE on real slide crops; `zwsi train-vae eval`: measure a VAE on images.
 
-    zwsi train-vae --config configs/vae/small.yaml --out runs/vae-small [--resume] [--max-steps N] [--slide SVS]
+    zwsi train-vae --config configs/vae/small.yaml --out runs/vae-small [--max-steps N] [--slide SVS]
+    zwsi train-vae --resume runs/vae-small            # continue the run (its config is in its checkpoints)
     zwsi train-vae eval zwsi/default_model/vae ../shared/data/tiles/mopadi IMAGE.png ... [--downsample 1 4] [--tile 8]
 
-Training writes checkpoints (safetensors + JSON) under OUT/checkpoints, resumes from the newest with `--resume`,
-and exports OUT/vae (config.json with the measured scaling/shift + diffusion_pytorch_model.safetensors).
+Training is the training core's (`zwsi.train.core`, as `zwsi train`): checkpoints (safetensors + JSON) under
+OUT/checkpoints/step-NNNNNNN, metrics in OUT/metrics.jsonl, `--resume DIR` (a run or checkpoint folder; a bare
+`--resume` continues --out), and the export OUT/vae (config.json with the measured scaling/shift +
+diffusion_pytorch_model.safetensors) with OUT/metrics.json.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 from pathlib import Path
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `zwsi train-vae` and `zwsi train-vae eval`."""
     p = subparsers.add_parser(
         "train-vae", help="train the small AutoencoderKL on real slide crops (configs/vae/*.yaml)",
@@ -23,8 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "slide at several µm/px. Subcommand `eval` measures PSNR/SSIM of a VAE folder on image files.",
     )
     p.add_argument("--config", type=Path, help="VAE training config YAML (e.g. configs/vae/small.yaml)")
-    p.add_argument("--out", type=Path, help="run folder (checkpoints, log.jsonl, vae/, metrics.json)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--out", type=Path, help="run folder (checkpoints/, metrics.jsonl, vae/, metrics.json)")
+    p.add_argument("--resume", nargs="?", type=Path, const=True, default=None, metavar="DIR",
+                   help="continue a run: DIR is its run folder (newest checkpoint) or a checkpoint folder; without "
+                   "DIR, the run in --out. --config may then be left out (the checkpoint's config is used)")
     p.add_argument("--max-steps", type=int, default=None, help="override budget.max_steps")
     p.add_argument("--slide", type=str, default=None, help="override data.slide (the training slide)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for log files)")
@@ -45,12 +50,16 @@ def run_train_vae(args: argparse.Namespace) -> int:
     import logging
 
     from slide_io import SlideError
-    from zwsi.vae_train import NonFiniteLossError, VAETrainer, load_vae_train_config
+    from zwsi.train.core import saved_config
+    from zwsi.typed_config import merge
+    from zwsi.vae.config import load_vae_train_config, vae_train_config_from_dict
+    from zwsi.vae.train import NonFiniteLossError, VAETrainer
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.config is None or args.out is None:
-        print("zwsi train-vae: --config and --out are required (e.g. --config configs/vae/small.yaml --out runs/vae)",
-              file=sys.stderr)
+    resume = args.resume if args.resume is not True else args.out
+    if (args.config is None and resume is None) or (args.out is None and not isinstance(resume, Path)):
+        print("zwsi train-vae: --config and --out are required (e.g. --config configs/vae/small.yaml --out runs/vae), "
+              "or --resume RUN to continue a run", file=sys.stderr)
         return 2
     overrides: dict[str, dict[str, object]] = {}
     if args.max_steps is not None:
@@ -59,9 +68,14 @@ def run_train_vae(args: argparse.Namespace) -> int:
         overrides["data"] = {"slide": args.slide}
     if args.init is not None:
         overrides["model"] = {"init": args.init}
+    if args.no_progress:
+        overrides["log"] = {"progress": False}
     try:
-        config = load_vae_train_config(args.config, overrides)
-        result = VAETrainer(config, args.out, resume=args.resume, progress=not args.no_progress).fit()
+        if args.config is not None:
+            config = load_vae_train_config(args.config, overrides)
+        else:
+            config = vae_train_config_from_dict(merge(saved_config(resume), overrides), where=f"--resume {resume}")
+        result = VAETrainer(config, args.out, resume=resume).fit()
     except (ValueError, FileNotFoundError, SlideError) as exc:
         print(f"zwsi train-vae: {exc}", file=sys.stderr)
         return 2
@@ -72,7 +86,7 @@ def run_train_vae(args: argparse.Namespace) -> int:
     held = ", ".join(f"{k} µm/px {v['psnr']:.2f} dB / SSIM {v['ssim']:.3f}" for k, v in m["held_out_cmu"].items())
     print(f"zwsi train-vae: {result.steps} steps in {m['train_seconds']:.0f} s; {m['params']:,} params, "
           f"{m['weights_bytes'] / 1e6:.2f} MB ({m['storage_dtype']}); scaling_factor {m['scaling_factor']}, "
-          f"shift_factor {m['shift_factor']}; held-out CMU: {held}; VAE folder {result.vae_dir}")
+          f"shift_factor {m['shift_factor']}; held-out CMU: {held}; VAE folder {result.export}")
     return 0
 
 
@@ -80,7 +94,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from zwsi.vae import VAE
-    from zwsi.vae_train import iter_images, reconstruction_metrics
+    from zwsi.vae.evaluate import iter_images, reconstruction_metrics
 
     if any(d < 1 for d in args.downsample):
         print(f"zwsi train-vae eval: --downsample factors must be >= 1, got {args.downsample}", file=sys.stderr)

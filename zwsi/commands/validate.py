@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "validate", help="compare synthetic with real slides/tiles: metrics.json and an HTML report",
         description="Compare synthetic slides or tiles with real ones per magnification level: feature distances "

@@ -2,7 +2,7 @@
 
     records = reports.load_reports("tcga_reports.csv")
     manifest = generate_cohort(gen, records, "cohort/", per_report=2, where=parse_where(["stated_grade=3"]),
-                               width_um=2000, height_um=1500, mpp=0.5, seed=0)
+                               request=SlideRequest(width_um=2000, height_um=1500, mpp=0.5, seed=0))
 
 Selection fields (`report_fields`): the record's own metadata columns (``id``, ``patient_id``, ``site``,
 ``histologic_type``, ``grade``, ``stage``) and what the text states (``reports.extract_fields``' canonical labels,
@@ -10,7 +10,8 @@ prefixed ``stated_``: ``stated_histologic_type``, ``stated_grade``, ``stated_sta
 ``--where FIELD=VALUE`` conditions are compared case-insensitively; several values of one field are alternatives,
 different fields must all hold.
 
-Slide k of report r is ``<out>/<r>_<k>.tiff`` with seed `cohort_seed(seed, r, k)`. A rerun skips every slide
+Slide k of report r is ``<out>/<r>_<k>.tiff``: the request (`zwsi.generate.job.SlideRequest`, as `zwsi generate`
+takes it) with seed `cohort_seed(request.seed, r, k)`. A rerun skips every slide
 whose file already records the same report, seed and model (its provenance), and continues an interrupted slide
 from its work folder. ``manifest.csv`` is rewritten atomically after every slide: slide path, report id, k, seed,
 the fields, and the report / model / config / provenance hashes.
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from reports import ReportRecord
+    from reports.phi import PhiFinding
+    from zwsi.generate.job import SlideRequest
     from zwsi.generate.pipeline import SlideGenerator
 
 RECORD_FIELDS = ("id", "patient_id", "site", "histologic_type", "grade", "stage")
@@ -104,18 +107,14 @@ def generate_cohort(
     out_dir: str | Path,
     *,
     per_report: int,
-    width_um: float,
-    height_um: float,
-    mpp: float,
-    seed: int,
-    steps: int | None = None,
-    guidance: float | None = None,
+    request: SlideRequest,
     where: Mapping[str, set[str]] | None = None,
     progress: bool = True,
 ) -> Path:
     """Generate ``per_report`` slides for every selected report (resuming), and write ``manifest.csv``.
 
-    Every selected report's conditioning text is checked first (PHI policy, see `SlideGenerator.conditioning`),
+    Slide k of report r is generated for ``request`` with the seed `cohort_seed(request.seed, r, k)`. Every
+    selected report's conditioning text is checked first (PHI policy, see `SlideGenerator.conditioning`),
     so a refused report stops the cohort before any slide is generated.
 
     Returns:
@@ -135,15 +134,17 @@ def generate_cohort(
     chosen = select_reports(records, where)
     if not chosen:
         raise ValueError(f"no report matches {_where_text(where)} among {len(records)} reports")
-    refused = []
+    refused: list[str] = []
+    findings: list[PhiFinding] = []
     for record in chosen:
         try:
             generator.conditioning(record)
         except PhiFoundError as exc:
-            refused.append(f"{record.id}: {exc}")
+            refused.append(record.id)
+            findings.extend(exc.findings)
     if refused:
-        raise PhiFoundError(f"{len(refused)} selected report(s) likely hold PHI (policy "
-                            f"{generator.config.phi_policy!r}); nothing was generated: " + "; ".join(refused[:5]))
+        raise PhiFoundError(findings, where=f"{len(refused)} selected report(s) ({', '.join(refused[:5])}); nothing "
+                                            f"was generated, policy {generator.config.phi_policy!r}:")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = slide_names([r.id for r in chosen])
@@ -151,7 +152,7 @@ def generate_cohort(
     main = _is_main()
     jobs = [(record, k) for record in chosen for k in range(per_report)]
     for record, k in tqdm(jobs, desc="cohort", unit="slide", disable=not (progress and main)):
-        slide_seed = cohort_seed(seed, record.id, k)
+        slide_seed = cohort_seed(request.seed, record.id, k)
         path = out_dir / f"{stems[record.id]}_{k}.tiff"
         report_sha = _sha(generator.conditioning(record).text)
         provenance = read_provenance(path) if path.is_file() else None
@@ -162,8 +163,8 @@ def generate_cohort(
                 raise ValueError(f"{path} exists from another job (report/seed/model hashes differ); move it away "
                                  f"or choose another --out")
         else:
-            provenance = generator.generate(record, width_um, height_um, mpp, slide_seed, steps, guidance, path,
-                                            progress=progress).provenance
+            provenance = generator.generate_request(record, request.with_seed(slide_seed), path,
+                                                    progress=progress).provenance
         fields = report_fields(record)
         rows.append({
             "slide_path": path.name, "report_id": record.id, "k": k, "seed": slide_seed,

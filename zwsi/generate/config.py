@@ -1,24 +1,29 @@
 """The generation config: window geometry, sampling, tissue, decoding, storage and output settings.
 
-One dataclass, validated on load (unknown keys are an error), with named presets and YAML files
-(``configs/generate/*.yaml``). Resolution order for a run: the preset, then a model folder's ``zwsi_generate.yaml``
-(a fine-tuned model states the window geometry it was trained on), then ``--config FILE``, then CLI flags.
+One dataclass, read by the project's one config loader (`zwsi.typed_config`: unknown keys and wrong types are
+errors naming the key and the file), with named presets and YAML files (``configs/generate/*.yaml``). The window
+geometry is the planner's `PlanConfig`, nested as ``plan:``. Resolution order for a run: the preset, then a model
+folder's ``zwsi_generate.yaml`` (a fine-tuned model states the window geometry it was trained on), then
+``--config FILE``, then CLI flags.
 
     cfg = GenerateConfig.preset("tiny").merged({"batch_size": 1})
     cfg = load_generate_config("configs/generate/z-image-turbo.yaml")
+
+Model folders written before the plan was nested state its four keys (``window_tokens``, ``context_tokens``,
+``overview_margin``, ``factor``) at the top level; they are read into ``plan`` (`LEGACY_PLAN_KEYS`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reports.conditioning import reject_prompt_enhancer
+from zwsi.planner import PlanConfig
+from zwsi.typed_config import from_mapping, read_yaml
 
 MODEL_CONFIG_NAME = "zwsi_generate.yaml"
 """A model folder's own generation settings (window geometry it was trained on), read by `SlideGenerator`."""
@@ -27,6 +32,12 @@ DTYPES = ("fp32", "bf16", "fp16")
 LATENT_DTYPES = ("float16", "float32")
 COMPRESSIONS = ("jpeg", "deflate", "lzw", "zstd", "none")
 PHI_POLICIES = ("refuse", "redact", "allow")
+LEGACY_PLAN_KEYS = ("window_tokens", "context_tokens", "overlap_tokens", "overview_margin", "factor")
+"""Plan keys a config may still state at the top level (the flat layout of earlier model folders)."""
+MODEL_PLAN_KEYS = ("patch_size", "vae_factor", "latent_channels")
+"""Plan fields that come from the model (the transformer's patch, the VAE's factor and channels), not the config."""
+OUTPUT_NEUTRAL = ("batch_size", "device")
+"""Settings that do not change the slide (left out of the config hash, so a run may resume with other values)."""
 
 
 @dataclass(frozen=True)
@@ -34,13 +45,9 @@ class GenerateConfig:
     """Everything about how a slide is generated, apart from the model weights and the request.
 
     Attributes:
-        window_tokens: side of a target window in tokens (64 = 1024 px with the FLUX VAE).
-        context_tokens: width of a neighbour's border strip in tokens.
-        overlap_tokens: tokens a window's target extends over its neighbours on each side; the part over known
-            latents is re-imposed while sampling and cross-faded when the level is finished
-            (`zwsi.generate.overlap`); 0 writes each window whole (no reconciliation of borders).
-        overview_margin: parent tokens around the window's footprint in the overview.
-        factor: µm/px ratio between adjacent levels of the ladder.
+        plan: the window geometry (`PlanConfig`: window, neighbour-strip and overview-margin tokens, the ladder
+            factor); its patch_size, vae_factor and latent_channels are the model's and are filled in when a
+            `SlideGenerator` is built.
         coarsest_mpp: the ladder stops before getting coarser than this µm/px.
         batch_size: windows per model call (per process).
         steps: sampling steps (model calls per window without CFG); the CLI's ``--steps`` overrides it.
@@ -69,11 +76,7 @@ class GenerateConfig:
             on purpose (warned); without it such a config is refused.
     """
 
-    window_tokens: int = 64
-    context_tokens: int = 8
-    overlap_tokens: int = 0
-    overview_margin: int = 4
-    factor: int = 4
+    plan: PlanConfig = field(default_factory=PlanConfig)
     coarsest_mpp: float = 8.0
     batch_size: int = 4
     steps: int = 8
@@ -98,21 +101,10 @@ class GenerateConfig:
     plan_override: bool = False
 
     def __post_init__(self) -> None:
-        positive = ("window_tokens", "factor", "batch_size", "steps", "vae_tile", "tile_size")
-        for name in positive:
+        for name in ("batch_size", "steps", "vae_tile", "tile_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"generate config: {name} must be an integer >= 1, got {value!r}")
-        if self.factor < 2:
-            raise ValueError(f"generate config: factor must be >= 2, got {self.factor}")
-        if not 0 <= self.context_tokens <= self.window_tokens:
-            raise ValueError(f"generate config: context_tokens must be in [0, {self.window_tokens}], got "
-                             f"{self.context_tokens}")
-        if self.overview_margin < 0:
-            raise ValueError(f"generate config: overview_margin must be >= 0, got {self.overview_margin}")
-        if not isinstance(self.overlap_tokens, int) or not 0 <= self.overlap_tokens <= self.window_tokens // 2:
-            raise ValueError(f"generate config: overlap_tokens must be an integer in [0, window_tokens/2 = "
-                             f"{self.window_tokens // 2}], got {self.overlap_tokens!r}")
         if not 0 <= self.vae_overlap < self.vae_tile:
             raise ValueError(f"generate config: vae_overlap must be in [0, vae_tile={self.vae_tile}), got "
                              f"{self.vae_overlap}")
@@ -145,33 +137,53 @@ class GenerateConfig:
         """
         if name not in PRESETS:
             raise ValueError(f"unknown generate preset {name!r}; expected one of {sorted(PRESETS)}")
-        return cls(**PRESETS[name])
+        return from_mapping(cls, PRESETS[name], where=f"generate preset {name!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, base: GenerateConfig | None = None, where: str = "config") -> \
             GenerateConfig:
-        """``base`` (default: the dataclass defaults) with the keys of ``data`` replaced.
+        """``base`` (default: the dataclass defaults) with the keys of ``data`` replaced (`zwsi.typed_config`).
 
         Raises:
-            ValueError: an unknown key (the valid ones are listed), a prompt-enhancer key, or a bad value.
+            ValueError: an unknown key (the valid ones are listed), a prompt-enhancer key, a value of the wrong
+                type, or a bad value.
         """
         reject_prompt_enhancer(data, where=where)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields)
-        if unknown:
-            raise ValueError(f"{where}: unknown generate config keys {unknown}; valid keys: {sorted(fields)}")
-        return dataclasses.replace(base or cls(), **dict(data))
+        return from_mapping(cls, _nest_legacy_plan(data, where), where=where, base=base)
 
     def merged(self, overrides: Mapping[str, Any], where: str = "overrides") -> GenerateConfig:
         """A copy with ``overrides`` applied (None values are ignored, so unset CLI flags change nothing)."""
         return self.from_dict({k: v for k, v in overrides.items() if v is not None}, base=self, where=where)
 
+    def with_model(self, *, patch_size: int, vae_factor: int, latent_channels: int) -> GenerateConfig:
+        """This config with the model's own plan fields (see ``plan``)."""
+        plan = dataclasses.replace(self.plan, patch_size=int(patch_size), vae_factor=int(vae_factor),
+                                   latent_channels=int(latent_channels))
+        return dataclasses.replace(self, plan=plan)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def sha256(self) -> str:
-        """SHA-256 of the sorted JSON of every setting (the provenance's config hash covers it)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+    def settings(self) -> dict[str, Any]:
+        """What changes a slide, flat as the provenance records it (``generate_config``): the plan's geometry at
+        the top level, without the model's own plan fields (the model hash covers them) and `OUTPUT_NEUTRAL`."""
+        flat = {k: v for k, v in self.to_dict().items() if k not in OUTPUT_NEUTRAL and k != "plan"}
+        return flat | {k: getattr(self.plan, k) for k in LEGACY_PLAN_KEYS}
+
+
+def _nest_legacy_plan(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``data`` with top-level plan keys (`LEGACY_PLAN_KEYS`) moved into ``plan``."""
+    flat = {k: data[k] for k in LEGACY_PLAN_KEYS if k in data}
+    if not flat:
+        return dict(data)
+    plan = data.get("plan") or {}
+    if not isinstance(plan, Mapping):
+        return dict(data)  # the loader reports the bad section
+    both = sorted(set(flat) & set(plan))
+    if both:
+        raise ValueError(f"{where}: {both} given both at the top level and under plan; keep the plan: entries")
+    rest = {k: v for k, v in data.items() if k not in flat}
+    return rest | {"plan": {**plan, **flat}}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -179,11 +191,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "z-image-turbo": {},
     # The built-in default model (zwsi-small, patch 4) on CPU: 16-token (512 px) windows with 2-token strips, decoded
     # in 16-latent (128 px) tiles = the small VAE's training crop, so its GroupNorm statistics match.
-    "zwsi-small": dict(window_tokens=16, context_tokens=2, overview_margin=2, batch_size=8, vae_tile=16,
+    "zwsi-small": dict(plan=dict(window_tokens=16, context_tokens=2, overview_margin=2), batch_size=8, vae_tile=16,
                        vae_overlap=2, dtype="fp32", glass_cleanup=True),
     # The tiny random pipeline on CPU (tests, benchmarks): 4-token (64 px) windows, fp32.
-    "tiny": dict(window_tokens=4, context_tokens=1, overview_margin=1, batch_size=4, vae_tile=32, vae_overlap=8,
-                 dtype="fp32"),
+    "tiny": dict(plan=dict(window_tokens=4, context_tokens=1, overview_margin=1), batch_size=4, vae_tile=32,
+                 vae_overlap=8, dtype="fp32"),
 }
 
 
@@ -192,20 +204,12 @@ def load_generate_config(path: str | Path, *, base: GenerateConfig | None = None
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a mapping, unknown keys or bad values (the file is named).
+        ValueError: not a mapping, unknown keys, wrong types or bad values (the file is named).
     """
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"generate config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:  # a syntax error or a tag (safe_load runs no code): name the file
-        raise ValueError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a generate config must be a YAML mapping, got {type(data).__name__}")
+    data = read_yaml(path, "generate config")
     preset = data.pop("preset", None)
     if preset is not None:
-        base = GenerateConfig.preset(str(preset))
+        if not isinstance(preset, str):
+            raise ValueError(f"{path}: preset must be a string, got {preset!r}")
+        base = GenerateConfig.preset(preset)
     return GenerateConfig.from_dict(data, base=base, where=str(path))

@@ -52,9 +52,8 @@ def process_group(device: str | None = None) -> ProcessGroup:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return ProcessGroup(device=device or _default_device())
-    from accelerate import PartialState
-
     import torch
+    from accelerate import PartialState
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     return ProcessGroup(

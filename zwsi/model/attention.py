@@ -29,6 +29,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from functools import cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -196,7 +197,8 @@ def _attn_varlen(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout) -> Te
     from torch.nn.attention.varlen import varlen_attn
 
     cu_q, cu_k, k, v = _gather_keys(k, v, layout)
-    return varlen_attn(q, k, v, cu_q, cu_k, layout.max_q, layout.max_k)  # (N, H, Dh)
+    out = varlen_attn(q, k, v, cu_q, cu_k, layout.max_q, layout.max_k)  # (N, H, Dh)
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _attn_flash(q: Tensor, k: Tensor, v: Tensor, layout: AttentionLayout) -> Tensor:
@@ -218,11 +220,11 @@ _FLASH_INTERFACES = (
 
 
 @cache
-def _flash_attn_varlen() -> tuple[str, Callable[..., object]]:
+def _flash_attn_varlen() -> tuple[str, Callable[..., Any]]:
     """The first importable flash-attn varlen function; raises ImportError when none is installed."""
     for name, module in _FLASH_INTERFACES:
         try:
-            fn = getattr(importlib.import_module(module), "flash_attn_varlen_func")
+            fn = importlib.import_module(module).flash_attn_varlen_func
         except (ImportError, AttributeError):
             continue
         return name, fn

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import nn
 
+from zwsi.dtypes import resolve_dtype
 from zwsi.model.config import S3DiTConfig
 
 if TYPE_CHECKING:
@@ -47,15 +48,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 COMFYUI_PREFIX = "model.diffusion_model."
 CLASS_NAMES = ("ZImageTransformer2DModel", "S3DiT")  # accepted `_class_name` values in config.json
 _OWN_FILE = re.compile(r"diffusion_pytorch_model(-\d+-of-\d+)?\.safetensors(\.index\.json)?")  # what a save writes
-
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
 
 PathLike = str | os.PathLike[str]
 Shape = tuple[int, ...]
@@ -247,16 +239,6 @@ def infer_config(shapes: Mapping[str, Sequence[int]]) -> tuple[S3DiTConfig, list
         norm_eps=defaults.norm_eps,
     )
     return cfg, ["axes_dims", "axes_lens", "rope_theta", "t_scale", "norm_eps"]
-
-
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """`torch.float32/bfloat16/float16` or their names ("fp32", "bf16", "fp16", "float32", ...) -> torch.dtype."""
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in DTYPES:
-        return DTYPES[dtype.lower()]
-    raise ValueError(f"dtype={dtype!r} is not supported; expected one of {sorted(DTYPES)} or the torch dtypes "
-                     "torch.float32, torch.bfloat16, torch.float16")
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -516,7 +498,7 @@ def _resolve_config(source: _Source, config: S3DiTConfig | str | None) -> tuple[
     return cfg, f"inferred from tensor shapes ({cfg})"
 
 
-def _build_on_meta(config: S3DiTConfig) -> nn.Module:
+def _build_on_meta(config: S3DiTConfig) -> S3DiT:
     """The model with parameters on the meta device (no memory); buffers stay real (accelerate's default)."""
     from accelerate import init_empty_weights
 

@@ -108,18 +108,17 @@ class S3DiTConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> S3DiTConfig:
-        """Build from a config.json-style dict; keys starting with `_` are hub metadata and are ignored.
+    def from_dict(cls, d: dict[str, Any], *, where: str = "S3DiTConfig") -> S3DiTConfig:
+        """Build from a config.json-style dict (`zwsi.typed_config`); keys starting with `_` are hub metadata and
+        are ignored.
 
         Raises:
-            ValueError: if a key is not a field of S3DiTConfig (names the keys and lists the valid fields).
+            ValueError: a key that is not a field of S3DiTConfig (named with the valid fields), or a value of the
+                wrong type (named with the type expected); ``where`` (a file) prefixes the message.
         """
-        valid = [f.name for f in dataclasses.fields(cls)]
-        kwargs = {k: v for k, v in d.items() if not k.startswith("_")}
-        unknown = sorted(k for k in kwargs if k not in valid)
-        if unknown:
-            raise ValueError(f"unknown S3DiTConfig key(s) {unknown}; valid fields are {valid}")
-        return cls(**kwargs)
+        from zwsi.typed_config import from_mapping
+
+        return from_mapping(cls, {k: v for k, v in d.items() if not k.startswith("_")}, where=where)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> S3DiTConfig:
@@ -131,7 +130,7 @@ class S3DiTConfig:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
         if not isinstance(d, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(d).__name__}")
-        return cls.from_dict(d)
+        return cls.from_dict(d, where=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json dict (tuples become lists, as in the hub file)."""

@@ -16,6 +16,7 @@ K distinct timestep conditions of the batch; P = pF*p*p*C features of one patch;
 from __future__ import annotations
 
 import math
+import typing
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, s: Tensor) -> Tensor:
         emb = self.timestep_embedding(s, self.freq_dim)  # (K, 256)
-        return self.mlp(emb.to(self.mlp[0].weight.dtype))  # (K, A)
+        return self.mlp(emb.to(next(self.mlp.parameters()).dtype))  # (K, A)
 
 
 #################################################################################
@@ -214,15 +215,16 @@ class S3DiT(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        for linear in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(linear.weight, std=0.02)
-        for block in [*self.noise_refiner, *self.layers]:
-            nn.init.zeros_(block.adaLN_modulation[0].weight)
-            nn.init.zeros_(block.adaLN_modulation[0].bias)
+        zero: list[typing.Any] = [block.adaLN_modulation[0] for block in [*self.noise_refiner, *self.layers]]
         for final in self.all_final_layer.values():
-            for linear in (final.adaLN_modulation[1], final.linear):
-                nn.init.zeros_(linear.weight)
-                nn.init.zeros_(linear.bias)
+            zero += [final.adaLN_modulation[1], final.linear]  # type: ignore[index]
+        for module in self.t_embedder.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+        for module in zero:
+            assert isinstance(module, nn.Linear)
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them."""

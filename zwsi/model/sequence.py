@@ -273,7 +273,8 @@ def _sample_tokens(b: int, s: SequenceSample, cfg: S3DiTConfig, conds: _Conditio
         tok.img_pos.append(torch.cat([seg.positions.to("cpu", torch.float64), pad_pos]))  # (n+pad, 3)
         tok.img_cond.append(torch.full((n + n_pad,), cid, dtype=torch.long))
         if seg is s.target:
-            tok.n_target, tok.n_target_padded, tok.target_shape = n, n + n_pad, tuple(seg.latents.shape)
+            c, f, h, w = seg.latents.shape  # (C, F, H, W)
+            tok.n_target, tok.n_target_padded, tok.target_shape = n, n + n_pad, (c, f, h, w)
         tok.n_img += n + n_pad
 
     if s.report.ndim != 2 or s.report.shape[1] != cfg.cap_feat_dim:

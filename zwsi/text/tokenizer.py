@@ -4,7 +4,7 @@
 import, so `zwsi report check` stays quick) and, for chat models such as Z-Image's Qwen3, renders the folder's chat
 template the way transformers does (`apply_chat_template(..., add_generation_prompt=True, enable_thinking=True)`).
 It implements `reports.conditioning.ConditioningTokenizer`. Its ids equal the transformers tokenizer's
-(tested in tests/zwsi/test_text_encoder_tokenizer.py).
+(tested in tests/zwsi/text/).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class PromptTokenizer:
         use_chat = template_text is not None if chat is None else chat
         if use_chat and template_text is None:
             raise ValueError(f"{folder} has no chat template (chat_template.jinja or tokenizer_config.json)")
-        parts = chat_template_parts(template_text) if use_chat else TemplateParts("", "")
+        parts = chat_template_parts(template_text) if use_chat and template_text is not None else TemplateParts("", "")
         if max_length is None:
             max_length = ZIMAGE_MAX_LENGTH if use_chat else _plain_max_length(folder)
         return cls(folder / "tokenizer.json", max_length=max_length, template=parts, name=name or folder.name)
@@ -146,7 +146,7 @@ class PromptTokenizer:
 
     def content_offsets(self, formatted: str) -> list[tuple[int, int]]:
         """Character span of each token of `formatted`, before truncation, without post-processor specials."""
-        return [tuple(o) for o in self._tokenizer.encode(formatted, add_special_tokens=False).offsets]
+        return [(a, b) for a, b in self._tokenizer.encode(formatted, add_special_tokens=False).offsets]
 
     @property
     def special_tokens(self) -> tuple[str, ...]:

@@ -1,9 +1,9 @@
 """The training configuration: YAML validated into dataclasses, an unknown key is an error that names it.
 
 A config is one YAML file (``configs/train/<name>.yaml``) with the sections below; every key has a default, so a
-config only states what differs. `load_train_config` rejects any key asking for a prompt enhancer (the report
-conditions the model verbatim, DESIGN §5) and any key that is not a field, naming its dotted path and the valid
-keys of its section.
+config only states what differs. It is read by the project's one config loader (`zwsi.typed_config`: an unknown key
+or a value of the wrong type is an error naming the key and the file); `load_train_config` also rejects any key
+asking for a prompt enhancer (the report conditions the model verbatim, DESIGN §5).
 
     cfg = load_train_config("configs/train/tiny-cpu.yaml", overrides={"budget": {"max_steps": 50}})
 """
@@ -14,11 +14,11 @@ import dataclasses
 import hashlib
 import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
+
+from zwsi.typed_config import from_mapping, merge, read_yaml
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "w1", "w2", "w3")
 LORA_BLOCKS = ("layers", "noise_refiner", "context_refiner")
@@ -208,11 +208,19 @@ class OptimConfig:
 
 @dataclass
 class EmaConfig:
-    """Exponential moving average of the trainable weights (saved with checkpoints; used for samples)."""
+    """Exponential moving average of the trainable weights (saved with checkpoints; used for samples and exports).
+
+    Attributes:
+        enabled: keep an EMA.
+        decay: the EMA decay.
+        start_step: the first step whose weights enter the EMA.
+        warmup: use decay min(decay, (1 + k) / (10 + k)) at step k, so early steps are not averaged away.
+    """
 
     enabled: bool = True
     decay: float = 0.999
     start_step: int = 0
+    warmup: bool = False
 
     def validate(self) -> None:
         _finite("ema", self, ("decay",))
@@ -344,7 +352,7 @@ def _finite(section: str, obj: Any, names: tuple[str, ...]) -> None:
 
 
 def from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None, where: str = "config") -> TrainConfig:
-    """Build and validate a `TrainConfig` from a nested mapping (plus nested `overrides`).
+    """Build and validate a `TrainConfig` from a nested mapping (plus nested `overrides`), with `zwsi.typed_config`.
 
     Raises:
         ValueError: a prompt-enhancer key (says why it is disabled), an unknown key (its dotted path and the valid
@@ -352,98 +360,11 @@ def from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None, whe
     """
     from reports.conditioning import reject_prompt_enhancer
 
-    merged = _merge(data or {}, overrides or {})
+    merged = merge(data or {}, overrides or {})
     reject_prompt_enhancer(merged, where=where)
-    return _build(TrainConfig, merged, "").validate()
+    return from_mapping(TrainConfig, merged, where=where).validate()
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML training config (see `from_dict`)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
-    return from_dict(data, overrides, where=str(path))
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    where = path or "top level"
-    if not isinstance(data, dict):
-        raise ValueError(f"config {where} must be a mapping, got {type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(k for k in data if k not in names)
-    if unknown:
-        dotted = [f"{path}.{k}" if path else str(k) for k in unknown]
-        raise ValueError(f"unknown config key(s) {dotted}; valid keys at {where} are {names}")
-    kwargs = {k: _coerce(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        errors = []
-        for a in inner:
-            try:
-                return _coerce(a, value, path)
-            except ValueError as exc:
-                errors.append(str(exc))
-        raise ValueError(errors[0])
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ValueError(f"config {path} must be a list, got {type(value).__name__} {value!r}")
-        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"config {path} must be a mapping, got {type(value).__name__} {value!r}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"config {path} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config {path} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config {path} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"config {path} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {hint} at {path}")
+    return from_dict(read_yaml(path, "training config"), overrides, where=str(path))

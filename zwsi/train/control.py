@@ -21,6 +21,7 @@ import logging
 import os
 import re
 from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -40,7 +41,8 @@ def build_model(config: ModelConfig, *, seed: int = 0, initialize: bool = True) 
     ``initialize=False`` keeps PyTorch's default draws instead, a stand-in for pretrained weights when LoRA
     adapters are trained on a preset (under adaLN-Zero every adapted projection would start gated off).
     """
-    from zwsi.model.checkpoint import load_transformer, resolve_dtype
+    from zwsi.dtypes import resolve_dtype
+    from zwsi.model.checkpoint import load_transformer
 
     dtype = resolve_dtype(config.dtype)
     if config.path is not None:
@@ -90,13 +92,13 @@ def apply_control(model: nn.Module, control: ControlConfig, *, seed: int = 0) ->
     LoRA's A matrices are drawn from a generator seeded with `seed` (B starts at zero), so a run is reproducible.
 
     Returns:
-        The model (LoRA layers injected for ``lora``); `trainable_summary` counts what trains.
+        The model (LoRA layers injected for ``lora``); `zwsi.train.core.trainable_summary` counts what trains.
     """
     if control.policy == "lora":
         from peft import LoraConfig, inject_adapter_in_model
 
-        lcfg = LoraConfig(r=control.lora.rank, lora_alpha=control.lora.alpha, lora_dropout=control.lora.dropout,
-                          target_modules=lora_target_regex(control), bias="none")
+        lcfg = LoraConfig(r=control.lora.rank, lora_alpha=control.lora.alpha,  # type: ignore[arg-type]  # any number
+                          lora_dropout=control.lora.dropout, target_modules=lora_target_regex(control), bias="none")
         model.requires_grad_(False)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -105,21 +107,13 @@ def apply_control(model: nn.Module, control: ControlConfig, *, seed: int = 0) ->
             p.requires_grad_("lora_" in name)
             if "lora_" in name and p.dtype != torch.float32:
                 p.data = p.data.float()  # adapters train in fp32 over a bf16 base
-        model.lora_config = lcfg  # type: ignore[attr-defined]
+        model.lora_config = lcfg  # type: ignore[assignment]
     else:
         model.requires_grad_(True)
     for name, p in model.named_parameters():
         if group_of(name) in control.freeze:
             p.requires_grad_(False)
     return model
-
-
-def trainable_summary(model: nn.Module) -> dict[str, int]:
-    """Parameter counts: trainable, total, and trainable LoRA parameters."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    lora = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)
-    return {"trainable": trainable, "total": total, "lora": lora}
 
 
 # ---- adapters alone ------------------------------------------------------------------------------------------------
@@ -183,7 +177,7 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
         raise ValueError(f"adapter tensors not in the model: {unexpected[:10]}")
-    model.lora_config = lcfg  # type: ignore[attr-defined]
+    model.lora_config = lcfg
     return model
 
 
@@ -215,7 +209,7 @@ def merge_lora(base: str | Path, adapter: str | Path, out: str | Path, *, dtype:
     """
     from zwsi.model.checkpoint import load_transformer, save_pretrained
 
-    model = load_transformer(base, dtype=dtype)
+    model: nn.Module = load_transformer(base, dtype=dtype)
     model = load_adapter(model, adapter)
     model = merge_lora_(model)
     return save_pretrained(model, out)

@@ -19,8 +19,8 @@ At the end patients are split into train/val/test (`assign_splits`): no patient 
 from __future__ import annotations
 
 import csv
-import math
 import logging
+import math
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -150,24 +150,12 @@ def report_fields(record: Any) -> tuple[str, dict[str, str]]:
     return str(subtype), fields
 
 
-# ---- models --------------------------------------------------------------------------------------------------------
-def random_vae(seed: int = 0) -> Any:
-    """A tiny random FLUX-shaped VAE (tests only: ``--random-init``)."""
-    import torch
-    from diffusers import AutoencoderKL
-
-    from zwsi.generate.pipeline import TINY_VAE
-    from zwsi.vae import VAE
-
-    torch.manual_seed(seed)
-    return VAE(AutoencoderKL(**TINY_VAE).eval())
-
-
 # ---- the job ---------------------------------------------------------------------------------------------------------
 def plan_for(height_um: float, width_um: float, final_mpp: float, coarsest_mpp: float, config: PlanConfig) -> SlidePlan:
     return plan_slide(height_um, width_um, final_mpp, seed=0, coarsest_mpp=coarsest_mpp, config=config)
 
 
+# long: one resumable pass over the slides (each slide's encoding is _encode_slide); 35 lines of docstring
 def prepare_dataset(
     slides: Sequence[Path],
     records: Sequence[Any],
@@ -249,7 +237,7 @@ def prepare_dataset(
     pairs = match_reports(slides, records, mapping)
     from tqdm.auto import tqdm
 
-    from zwsi.generate.pipeline import background_latents
+    from zwsi.background import background_latents
 
     background = background_latents(vae, plan_config)  # the same blank-glass latents generation fills windows with
 

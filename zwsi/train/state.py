@@ -1,15 +1,15 @@
 """Training state: EMA weights and checkpoints in safetensors + JSON (no pickle), resumed exactly.
 
-A checkpoint folder (``OUT/checkpoints/step-0000100/``) holds:
+A checkpoint folder (``OUT/checkpoints/step-0000100/``, the same layout for the S3-DiT and the VAE trainer) holds:
 
 | file                                   | what                                                             |
 |----------------------------------------|------------------------------------------------------------------|
-| ``adapter/`` or ``transformer/``       | the LoRA adapter alone (peft format) or the full model (hub layout) |
+| ``adapter/``, ``transformer/``, ``vae/`` | the trainer's model: a LoRA adapter alone (peft format), or the full model (hub layout) |
 | ``optimizer.safetensors`` + ``.json``  | AdamW state tensors by parameter name; param groups and scalars   |
 | ``scheduler.json``                     | the LR scheduler's state                                          |
 | ``ema.safetensors``                    | EMA of the trainable weights (when enabled)                       |
 | ``rng-rank<r>.safetensors`` + ``.json``| torch CPU/CUDA generator states; Python and NumPy states, per rank |
-| ``state.json``                         | step, next sample index (the data position), tokens, health counters, config hash |
+| ``state.json``                         | step, tokens, health counters, elapsed time, the config (and the trainer's own entries) |
 
 It is written into a temporary folder and renamed, so a crash never leaves a half checkpoint under the final
 name. Model and optimizer state dicts are gathered with `torch.distributed.checkpoint.state_dict` (full, on the
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 STATE_NAME = "state.json"
+CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"step-(\d+)")
 
 
@@ -41,16 +42,23 @@ class EMA:
     Args:
         params: name -> parameter (the trainable ones).
         decay: the EMA decay.
+        warmup: at step k use min(decay, (1 + k) / (10 + k)), so the first steps are not averaged away.
     """
 
-    def __init__(self, params: dict[str, torch.Tensor], decay: float) -> None:
+    def __init__(self, params: dict[str, torch.Tensor], decay: float, *, warmup: bool = False) -> None:
         self.decay = float(decay)
+        self.warmup = warmup
         self.shadow = {n: p.detach().float().clone() for n, p in params.items()}
 
+    def decay_at(self, step: int) -> float:
+        """The decay used at optimiser step ``step`` (0-based)."""
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, params: dict[str, torch.Tensor]) -> None:
+    def update(self, params: dict[str, torch.Tensor], step: int = 0) -> None:
+        weight = 1.0 - self.decay_at(step)
         for n, p in params.items():
-            self.shadow[n].lerp_(p.detach().float(), 1.0 - self.decay)
+            self.shadow[n].lerp_(p.detach().float(), weight)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: t.contiguous() for n, t in self.shadow.items()}
@@ -117,7 +125,7 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"torch_cuda_{i}"] = s
     py = random.getstate()
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # the legacy tuple
     meta = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
@@ -153,15 +161,27 @@ def resolve_resume(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder (its newest checkpoint).
 
     Raises:
-        FileNotFoundError: no complete checkpoint there.
+        FileNotFoundError: no complete checkpoint there (checkpoints of the VAE trainer before the training core,
+            ``step_NNNNNNN``, are named as such: they cannot be resumed).
     """
     path = Path(path)
     if (path / STATE_NAME).is_file():
         return path
-    found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
+    found = list_checkpoints(path / CHECKPOINTS_DIR) or list_checkpoints(path)
     if not found:
-        raise FileNotFoundError(f"--resume {path}: no checkpoint (a folder with {STATE_NAME}) in it or its checkpoints/")
+        legacy = sorted((path / CHECKPOINTS_DIR).glob("step_*")) if (path / CHECKPOINTS_DIR).is_dir() else []
+        if legacy:
+            raise FileNotFoundError(f"--resume {path}: {legacy[-1].name} is a checkpoint of an earlier zwsi "
+                                    f"train-vae (before the training core) and cannot be resumed; start a new run")
+        raise FileNotFoundError(f"--resume {path}: no checkpoint (a folder with {STATE_NAME}) in it or its "
+                                f"{CHECKPOINTS_DIR}/")
     return found[-1]
+
+
+def run_folder_of(checkpoint: Path) -> Path:
+    """The run folder a checkpoint folder belongs to (``RUN/checkpoints/step-N`` -> ``RUN``)."""
+    parent = checkpoint.parent
+    return parent.parent if parent.name == CHECKPOINTS_DIR else parent
 
 
 def save_json(path: Path, data: Any) -> None:
