@@ -80,7 +80,7 @@ def model_only_seconds(gen: Any, forwards: int, repeats: int = 3) -> float:
     import torch
 
     cfg = gen.config
-    side_um = 4 * cfg.window_tokens * gen.plan_config.token_px * 1.0  # 4 x 4 windows at 1 µm/px, a level above
+    side_um = 4 * cfg.plan.window_tokens * gen.plan_config.token_px * 1.0  # 4 x 4 windows at 1 µm/px, a level above
     plan = gen.plan(side_um, side_um, 1.0, seed=0)
     level = plan.level(0)
     canvas = {lv.index: np.zeros((plan.config.latent_channels, *lv.latent_shape), np.float32) for lv in plan.levels}

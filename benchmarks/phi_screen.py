@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from reports.normalize import normalize  # noqa: E402
 from reports.phi import find_phi  # noqa: E402
-from reports.phi_eval import HOLDOUT2_TEMPLATES, HOLDOUT_TEMPLATES, Finding, format_table, planted_corpus, score_screen  # noqa: E402
+from reports.phi_eval import Finding, format_table, planted_corpus, score_screen  # noqa: E402
+from reports.phi_templates import HOLDOUT2_TEMPLATES, HOLDOUT_TEMPLATES  # noqa: E402
 
 DEFAULT_CSV = ROOT.parent / "shared" / "data" / "reports" / "pathrepbench_tcga_reports_test.csv"
 PRESIDIO_KINDS = {"PERSON": "name", "DATE_TIME": "date", "PHONE_NUMBER": "phone", "EMAIL_ADDRESS": "email",

@@ -7,7 +7,7 @@ kind of pipeline from nothing but installed libraries, for any S3-DiT preset:
 |--------------|----------------------------------------------------------------------------------------------|
 | transformer  | `S3DiT` of the preset, random weights (seed), eval, in the generate config's dtype           |
 | VAE          | diffusers `AutoencoderKL`: FLUX.1's shape (84M, 16 channels, /8) for z-image-turbo, else the  |
-|              | tiny FLUX-shaped one of `zwsi.generate.pipeline.TINY_VAE`; random weights                    |
+|              | tiny FLUX-shaped one of `zwsi.vae.presets.TINY_VAE`; random weights                    |
 | text encoder | `ZImageTextEncoder` (Qwen3 chat template, hidden_states[-2]) over a 2-layer random Qwen3 whose |
 |              | width is the preset's cap_feat_dim, and a byte-level BPE trained locally on pathology words    |
 
@@ -76,9 +76,10 @@ def random_pipeline(
 
     from zwsi.generate.config import GenerateConfig
     from zwsi.generate.distributed import process_group
-    from zwsi.generate.pipeline import TINY_VAE, SlideGenerator
+    from zwsi.generate.pipeline import SlideGenerator
     from zwsi.model import S3DiT, S3DiTConfig
     from zwsi.vae import VAE
+    from zwsi.vae.presets import TINY_VAE
 
     if preset not in GENERATE_PRESETS:
         raise ValueError(f"unknown random pipeline preset {preset!r}; expected one of {sorted(GENERATE_PRESETS)}")

@@ -52,12 +52,12 @@ def test_phi_refuses_with_exit_2_and_redact_hides_it(capsys, tmp_path):
 
 def test_bad_input_is_named(capsys, tmp_path):
     code, _, err = _run(["report", "check", str(tmp_path / "missing.txt")], capsys)
-    assert code == 1 and "does not exist" in err
+    assert code == 2 and "does not exist" in err
     (tmp_path / "r.txt").write_text("DIAGNOSIS: adenocarcinoma.", encoding="utf-8")
     with pytest.raises(SystemExit, match="is not a folder"):
         main(["report", "check", str(tmp_path / "r.txt"), "--encoder", str(tmp_path / "nope")])
     code, _, err = _run(["report", "check", str(tmp_path / "r.txt"), "--row", "3"], capsys)
-    assert code == 1 and "row 3 is out of range" in err
+    assert code == 2 and "row 3 is out of range" in err
 
 
 def test_cli_does_not_import_torch(tmp_path):

@@ -12,17 +12,8 @@ import pytest
 from reports.loading import load_reports
 from reports.normalize import normalize
 from reports.phi import PhiFoundError, apply_phi_policy, find_phi
-from reports.phi_eval import (
-    HOLDOUT2_TEMPLATES,
-    HOLDOUT_TEMPLATES,
-    PLANT_KINDS,
-    SYNTHETIC_REPORTS,
-    TEMPLATES,
-    Finding,
-    plant_identifiers,
-    planted_corpus,
-    score_screen,
-)
+from reports.phi_eval import PLANT_KINDS, SYNTHETIC_REPORTS, Finding, plant_identifiers, planted_corpus, score_screen
+from reports.phi_templates import HOLDOUT2_TEMPLATES, HOLDOUT_TEMPLATES, TEMPLATES
 from tests.conftest import shared_file
 
 

@@ -89,11 +89,11 @@ def test_train_vae_taef1_kind_trains_only_the_decoder_and_exports_an_autoencoder
     })
     trainer = VAETrainer(cfg, tmp_path / "run", progress=False)
     result = trainer.fit()
-    encoder0 = VAE.from_folder(result.vae_dir).autoencoder.encoder.state_dict()
+    encoder0 = VAE.from_folder(result.export).autoencoder.encoder.state_dict()
     from zwsi.taef1 import taef1_state_dict
 
     reference = {k.removeprefix("encoder."): v for k, v in taef1_state_dict(_taef1(), decoder=False).items()}
     assert all(torch.equal(encoder0[k].float(), reference[k].half().float()) for k in reference)  # frozen, fp16-stored
-    assert VAE.from_folder(result.vae_dir).tiny and result.metrics["params"] < 1_300_000
+    assert VAE.from_folder(result.export).tiny and result.metrics["params"] < 1_300_000
     with pytest.raises(ValueError, match="model.kind = taef1 needs model.taef1"):
         vae_train_config_from_dict({"model": {"kind": "taef1", "train_encoder": False}})

@@ -5,6 +5,7 @@ The slide is ../shared/data's or, in a fresh clone, the package's bundled copy (
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from tests.conftest import REPO_ROOT, shared_file
 from zwsi.train.core import NonFiniteLossError
 from zwsi.vae.config import VAETrainConfig, load_vae_train_config, vae_train_config_from_dict
 from zwsi.vae.data import CropSampler, dihedral, stain_jitter
-from zwsi.vae.train import STATS_STEP0, VAETrainer
+from zwsi.vae.train import STATS_STEP0, VAELoss, VAETrainer
 
 SLIDE = "wsi/CMU-1-Small-Region.svs"
 
@@ -117,9 +118,16 @@ def test_resume_without_checkpoint_and_changed_config_raise(tmp_path: Path) -> N
         VAETrainer(other, tmp_path, resume=True, progress=False).fit()
 
 
-def test_non_finite_steps_are_skipped_then_stop(tmp_path: Path) -> None:
+def test_non_finite_steps_are_skipped_then_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     slide = shared_file(SLIDE)
-    cfg = tiny_config(slide, loss={"l1": float("nan")}, budget={"max_steps": 20})
+    cfg = tiny_config(slide, budget={"max_steps": 20})  # a NaN loss weight is refused by the config itself
+    forward = VAELoss.forward
+
+    def nan_loss(self: VAELoss, *args: Any) -> dict[str, torch.Tensor]:
+        terms = forward(self, *args)
+        return {**terms, "loss": terms["loss"] * float("nan")}  # a diverged step: the loss and every gradient NaN
+
+    monkeypatch.setattr(VAELoss, "forward", nan_loss)
     trainer = VAETrainer(cfg, tmp_path, progress=False)
     with pytest.raises(NonFiniteLossError, match=r"5 consecutive steps \(up to step 5\) had a non-finite loss"):
         trainer.fit()
