@@ -3,8 +3,10 @@ associated images, the SYNTHETIC flag; the OME-XML against the bundled OME 2016-
 
 from __future__ import annotations
 
+import ctypes.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +144,23 @@ def test_debian_openslide_3_sees_mpp_and_objective_power_of_svs(slides):
     assert props["openslide.vendor"] == "'aperio'" and props["openslide.level-count"] == "'3'"
     assert props["openslide.mpp-x"] == "'0.5'" and props["openslide.objective-power"] == "'20'"
     assert props["aperio.Synthetic"] == "'true'"
+    lib = ctypes.util.find_library("openslide")  # Debian's libopenslide.so.0 (pip's OpenSlide 4 is loaded here)
+    if lib is not None:
+        names = subprocess.run([sys.executable, "-c", _ASSOCIATED_NAMES, lib, str(slides["svs"])], capture_output=True,
+                               text=True, timeout=60, check=True).stdout.split()
+        assert sorted(names) == ["label", "macro", "thumbnail"]
+
+
+_ASSOCIATED_NAMES = """
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.openslide_open.restype, lib.openslide_open.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
+lib.openslide_get_associated_image_names.restype = ctypes.POINTER(ctypes.c_char_p)
+lib.openslide_get_associated_image_names.argtypes = [ctypes.c_void_p]
+names, i = lib.openslide_get_associated_image_names(lib.openslide_open(sys.argv[2].encode())), 0
+while names[i]:
+    print(names[i].decode()); i += 1
+"""
 
 
 def test_objective_power_is_ten_over_mpp():
