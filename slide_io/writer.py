@@ -528,7 +528,8 @@ def _write_slide(
     level0: Iterator[bytes] = _level0_tiles(src, pyramid, sizes[0], header.tile, pyramid.pool, pyramid.encode,
                                             compression == "jpeg", progress, path)
     extra: dict[str, Any] = {"subifds": len(sizes) - 1} if fmt == "ome-tiff" else {}
-    tw.write(level0, shape=(sizes[0][1], sizes[0][0], 3), resolution=resolution(0), description=header.level0(),
+    tw.write(level0, shape=(sizes[0][1], sizes[0][0], 3), resolution=resolution(0),
+             description=header.level0().encode("utf-8"),  # OME-XML holds "µm"; the other descriptions are ASCII
              **extra, **common)
     thumb = _thumbnail(pyramid.thumbnail_pixels(), header.thumb_size)
     label = label_image(header.provenance, LABEL_SIZE)
