@@ -340,6 +340,25 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def matrix(rows: list[Row]) -> str:
+    """The same rows as a reader x format grid; a cell is levels · µm/px · objective power · associated · flag."""
+    formats = list(dict.fromkeys(r.format for r in rows))
+    lines = ["| reader | " + " | ".join(f"`{f}`" for f in formats) + " |", "|" + "---|" * (len(formats) + 1)]
+    for reader in dict.fromkeys(r.reader for r in rows):
+        cells = []
+        for r in (r for r in rows if r.reader == reader):
+            if r.levels == "–":
+                cells.append(r.opens_as.split(":")[0])
+                continue
+            power = "no power" if r.objective_power == "–" else f"{r.objective_power}×"
+            mpp = "no µm/px" if r.mpp == "–" else f"{r.mpp.split(' ')[0]} µm/px"
+            assoc = "no assoc." if r.associated.startswith("–") else r.associated.replace(", ", "/")
+            flag = "SYNTHETIC ✓" if r.synthetic.startswith("yes") else "SYNTHETIC ✗"
+            cells.append(f"{r.levels.split(' ')[0]} lv · {mpp} · {power} · {assoc} · {flag}")
+        lines.append(f"| {reader} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def versions() -> str:
     import openslide
     import tifffile
@@ -360,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slide", type=Path, nargs="+", default=None, help="slides to check instead of new ones")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument("--matrix", action="store_true", help="also print a reader x format grid (README)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="reader-table-") as tmp:
@@ -368,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure(slides)
     print(f"<!-- {versions()}; {platform.machine()} {platform.system()}; {time.perf_counter() - start:.1f} s -->")
     print(markdown(rows))
+    if args.matrix:
+        print()
+        print(matrix(rows))
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     return 0

@@ -1,8 +1,8 @@
 """The three containers `write_pyramid` writes, and the headers that make each reader see µm/px, objective power,
 associated images and the SYNTHETIC flag.
 
-* ``"svs"`` (default): the Aperio layout that OpenSlide's ``aperio`` driver and tifffile's SVS parser (tiffslide)
-  read: tiled level 0 whose ImageDescription starts ``Aperio Image Library`` and carries ``|AppMag = 20|MPP = 0.5|``
+* ``"svs"`` (default): the Aperio layout that OpenSlide's ``aperio`` driver (3.4.1 and 4), tifffile's SVS parser
+  (tiffslide) and Bio-Formats' SVSReader read: tiled level 0 whose ImageDescription starts ``Aperio Image Library`` and carries ``|AppMag = 20|MPP = 0.5|``
   and our keys (``Z-WSI``, ``Synthetic``, ``zwsi-provenance``), the stripped thumbnail as the 2nd directory, the
   reduced levels (tiled, NewSubfileType 0), then the stripped label (NewSubfileType 1) and macro (9), whose
   descriptions' second line starts with their name (OpenSlide names them from it).

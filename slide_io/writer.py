@@ -2,9 +2,10 @@
 
 Three containers (`format=`; headers and descriptions in `slide_io.formats`, measured per reader in
 `benchmarks/reader_table.py`): ``"svs"`` (default) is the Aperio layout (level 0, thumbnail, reduced levels, label,
-macro; µm/px and objective power in the ImageDescription) that OpenSlide 3.4/4, tiffslide, tifffile and libvips all
-read with mpp, objective power and associated images; ``"ome-tiff"`` puts the reduced levels in SubIFDs of level 0
-(the Bio-Formats / QuPath pyramid) with OME-XML; ``"tiff"`` is the generic layout of
+macro; µm/px and objective power in the ImageDescription) that OpenSlide 3.4.1 and 4, tiffslide, tifffile and
+Bio-Formats read with every level, µm/px, objective power and associated images (libvips: levels and µm/px);
+``"ome-tiff"`` puts the reduced levels in SubIFDs of level 0 (the Bio-Formats / QuPath pyramid; OpenSlide sees
+level 0 only) with OME-XML; ``"tiff"`` is the generic layout of
 shared/reference/ecosystem-notes.md §2 (levels as successive top-level directories, NewSubfileType=1 on reduced ones,
 then a stripped thumbnail and label named by their description). Every level has tiles of `tile_size`² and
 XResolution/YResolution in pixels per CENTIMETER.
@@ -299,9 +300,9 @@ def write_pyramid(
         provenance: what to record in the file; None writes `Provenance()` (synthetic=True). Synthetic files say
             SYNTHETIC in the ImageDescription, in `Slide.properties['zwsi.synthetic']` and on the label image.
         thumbnail_size: longest edge of the thumbnail image.
-        format: the container (`slide_io.formats`): 'svs' (Aperio layout: OpenSlide 3.4/4, tiffslide, libvips see
-            mpp, objective power, thumbnail/label/macro), 'ome-tiff' (SubIFD pyramid and OME-XML for Bio-Formats /
-            QuPath; OpenSlide sees level 0 only) or 'tiff' (generic pyramidal TIFF).
+        format: the container (`slide_io.formats`): 'svs' (Aperio layout: OpenSlide 3.4.1/4, tiffslide and
+            Bio-Formats see mpp, objective power, thumbnail/label/macro), 'ome-tiff' (SubIFD pyramid and OME-XML for
+            Bio-Formats / QuPath; OpenSlide sees level 0 only) or 'tiff' (generic pyramidal TIFF).
         workers: encoder threads (default: CPU count).
         progress: show a tqdm bar over level-0 bands.
 

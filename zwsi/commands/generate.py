@@ -76,8 +76,8 @@ def _slide_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the process's GPU, else CPU)")
     p.add_argument("--compression", choices=("jpeg", "deflate", "lzw", "zstd", "none"), default=None)
     p.add_argument("--format", choices=("svs", "ome-tiff", "tiff"), default=None,
-                   help="container: svs (default: Aperio layout, µm/px, objective power, thumbnail/label/macro in "
-                   "OpenSlide 3.4/4, tiffslide, libvips), ome-tiff (Bio-Formats/QuPath OME-XML), tiff (generic)")
+                   help="container: svs (default: Aperio layout; OpenSlide 3.4.1/4, tiffslide, Bio-Formats see µm/px, "
+                   "objective power, thumbnail/label/macro), ome-tiff (Bio-Formats/QuPath OME-XML), tiff (generic)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--max-pixels", type=float, default=None,
                    help="largest slide accepted, in level-0 pixels (default 4e10 = 200,000² px)")
