@@ -22,6 +22,7 @@ from slide_io.errors import (
     MissingMppError,
     NotASlideError,
     SlideError,
+    SlideFormatError,
     SlideLevelError,
     SlideNotFoundError,
     SlideReadError,
@@ -29,6 +30,7 @@ from slide_io.errors import (
     StoreError,
     UnsupportedSlideError,
 )
+from slide_io.formats import DEFAULT_FORMAT, FORMATS, SlideFormat, objective_power
 from slide_io.provenance import Provenance, read_provenance, sha256_file, sha256_text
 from slide_io.reader import Slide, open_slide
 from slide_io.store import LevelInfo, WindowStore
@@ -51,6 +53,10 @@ __all__ = [
     "tile_grid",
     "tissue_mask_rgb",
     "write_pyramid",
+    "DEFAULT_FORMAT",
+    "FORMATS",
+    "SlideFormat",
+    "objective_power",
     "InvalidRegionError",
     "MissingMppError",
     "Mpp",
@@ -58,6 +64,7 @@ __all__ = [
     "Provenance",
     "Slide",
     "SlideError",
+    "SlideFormatError",
     "SlideLevelError",
     "SlideNotFoundError",
     "SlideReadError",

@@ -45,6 +45,20 @@ class SlideBackend(ABC):
         """(x, y) µm/px of level 0 from the file, or None when the file stores none."""
 
     @property
+    def objective_power(self) -> float | None:
+        """The objective power the file states (``openslide.objective-power`` / ``tiffslide.objective-power``), or
+        None."""
+        for key in ("openslide.objective-power", "tiffslide.objective-power"):
+            value = self.properties.get(key)
+            try:
+                power = float(value) if value else None
+            except ValueError:
+                power = None
+            if power is not None and power > 0:
+                return power
+        return None
+
+    @property
     @abstractmethod
     def associated_images(self) -> Mapping[str, Image.Image]:
         """Label, macro, thumbnail... as RGB(A) PIL images."""

@@ -79,6 +79,15 @@ class TiffSlideBackend(SlideBackend):
         return found[0], found[1]
 
     @property
+    def objective_power(self) -> float | None:
+        """tiffslide's objective power, else an OME-TIFF's Objective NominalMagnification (tiffslide reads none)."""
+        power = super().objective_power
+        if power is None and self._ome:
+            found = re.search(r'NominalMagnification="([0-9.eE+-]+)"', self._slide.ts_tifffile.ome_metadata or "")
+            power = float(found.group(1)) if found else None
+        return power
+
+    @property
     def associated_images(self) -> Mapping[str, Image.Image]:
         images = {}
         for name in self._slide.associated_images:

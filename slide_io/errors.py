@@ -49,5 +49,9 @@ class SlideWriteError(SlideError):
     """A pyramid could not be written (bad tile from the source, bad option); nothing is left under the final name."""
 
 
+class SlideFormatError(SlideWriteError, ValueError):
+    """An unknown container name, or an output name whose ending does not fit the container (`slide_io.formats`)."""
+
+
 class StoreError(SlideError):
     """A zarr window store was opened or written wrongly (missing level, shape mismatch, wrong kind)."""

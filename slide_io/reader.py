@@ -237,17 +237,25 @@ class Slide:
 
     @cached_property
     def properties(self) -> Mapping[str, str]:
-        """The backend's properties plus `zwsi.*` keys: vendor, backend, mpp-x/-y, synthetic and provenance."""
+        """The backend's properties plus `zwsi.*` keys: vendor, backend, mpp-x/-y, objective-power, synthetic and
+        provenance."""
         props = dict(self._backend.properties)
         props["zwsi.vendor"] = self.vendor
         props["zwsi.backend"] = self.backend
         mpp = self.mpp_or_none
         if mpp is not None:
             props["zwsi.mpp-x"], props["zwsi.mpp-y"] = repr(mpp.x), repr(mpp.y)
+        if self.objective_power is not None:
+            props["zwsi.objective-power"] = f"{self.objective_power:g}"
         if self.provenance is not None:
             props["zwsi.synthetic"] = "true" if self.provenance.synthetic else "false"
             props["zwsi.provenance"] = self.provenance.to_json()
         return props
+
+    @cached_property
+    def objective_power(self) -> float | None:
+        """The objective power the file states (Aperio AppMag, OME NominalMagnification), or None."""
+        return self._backend.objective_power
 
     @cached_property
     def associated_images(self) -> Mapping[str, Image.Image]:

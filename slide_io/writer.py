@@ -1,10 +1,14 @@
-"""`write_pyramid`: stream tiles into a pyramidal tiled TIFF (or OME-TIFF) that OpenSlide, tiffslide and QuPath open.
+"""`write_pyramid`: stream tiles into a pyramidal tiled SVS, OME-TIFF or generic TIFF that every slide reader opens.
 
-Layout (measured in shared/reference/ecosystem-notes.md §2): level 0 then every reduced level as successive
-top-level TIFF directories, NewSubfileType=1 on the reduced ones, tiles of `tile_size`², XResolution/YResolution in
-pixels per CENTIMETER on every level, then a stripped thumbnail and label (descriptions 'thumbnail' / 'label'),
-which openslide ignores and `slide_io.Slide` exposes as associated images. With `ome=True` the reduced levels are
-SubIFDs of level 0 (the Bio-Formats pyramid layout) and the OME-XML carries PhysicalSizeX/Y in µm.
+Three containers (`format=`; headers and descriptions in `slide_io.formats`, measured per reader in
+`benchmarks/reader_table.py`): ``"svs"`` (default) is the Aperio layout (level 0, thumbnail, reduced levels, label,
+macro; µm/px and objective power in the ImageDescription) that OpenSlide 3.4.1 and 4, tiffslide, tifffile and
+Bio-Formats read with every level, µm/px, objective power and associated images (libvips: levels and µm/px);
+``"ome-tiff"`` puts the reduced levels in SubIFDs of level 0 (the Bio-Formats / QuPath pyramid; OpenSlide sees
+level 0 only) with OME-XML; ``"tiff"`` is the generic layout of
+shared/reference/ecosystem-notes.md §2 (levels as successive top-level directories, NewSubfileType=1 on reduced ones,
+then a stripped thumbnail and label named by their description). Every level has tiles of `tile_size`² and
+XResolution/YResolution in pixels per CENTIMETER.
 
 Memory stays bounded whatever the slide size: level 0 is read from the source one band of tiles at a time, each
 band is encoded and written at once, and the reduced levels are built from the finer level's bands (2×2 mean) and
@@ -31,13 +35,19 @@ import tifffile
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
+from slide_io import formats
 from slide_io.cleanup import partial_path, remove_stale, spool_prefix
 from slide_io.errors import SlideWriteError
+from slide_io.formats import DEFAULT_FORMAT, SlideFormat
 from slide_io.provenance import Provenance, software_version
 from slide_io.types import Compression, Mpp, Size
 
 COMPRESSIONS: dict[str, int] = {"jpeg": 7, "deflate": 8, "lzw": 5, "zstd": 50000, "none": 1}
 """Compression name → TIFF Compression tag. Only 'jpeg' is lossy."""
+
+LABEL_SIZE: Size = (600, 300)
+MACRO_SIZE: Size = (LABEL_SIZE[0] + 2 * LABEL_SIZE[1], LABEL_SIZE[1])
+"""The macro (a picture of the whole glass): the label on the left, the thumbnail fitted in a 2:1 box on the right."""
 
 TileReader = Callable[[int, int, int, int], NDArray[np.uint8]]
 """`reader(x, y, w, h)` → the (h, w, 3) uint8 RGB pixels of level 0 at (x, y), size (w, h)."""
@@ -213,7 +223,7 @@ class _Pyramid:
             level.spool.close()
 
 
-def label_image(provenance: Provenance | None, size: Size = (600, 300)) -> NDArray[np.uint8]:
+def label_image(provenance: Provenance | None, size: Size = LABEL_SIZE) -> NDArray[np.uint8]:
     """The label: 'SYNTHETIC' in red capitals for generated slides (plus seed and report hash), else 'Z-WSI'."""
     img = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(img)
@@ -271,14 +281,15 @@ def write_pyramid(
     tile_size: int = 256,
     provenance: Provenance | None = None,
     thumbnail_size: int = 1024,
-    ome: bool = False,
+    format: SlideFormat = DEFAULT_FORMAT,
     workers: int | None = None,
     progress: bool = False,
 ) -> Path:
     """Write a pyramidal tiled TIFF from level-0 tiles, with bounded memory, atomically.
 
     Args:
-        path: output file (.tif / .tiff; .ome.tif with `ome=True`). Replaced only when the new file is complete.
+        path: output file: .svs, .tif or .tiff for 'svs'; .tif or .tiff for 'tiff'; .ome.tif or .ome.tiff for
+            'ome-tiff'. Replaced only when the new file is complete.
         source: a `TileSource` (e.g. `WindowStore.pixel_source(level)`), an open `Slide` (level 0 is copied), or
             a callable `reader(x, y, w, h)` returning (h, w, 3) uint8 (then `size` is required).
         size: (width, height) of level 0, when `source` does not carry it.
@@ -289,8 +300,9 @@ def write_pyramid(
         provenance: what to record in the file; None writes `Provenance()` (synthetic=True). Synthetic files say
             SYNTHETIC in the ImageDescription, in `Slide.properties['zwsi.synthetic']` and on the label image.
         thumbnail_size: longest edge of the thumbnail image.
-        ome: write OME-TIFF (SubIFD pyramid, OME-XML µm/px) for Bio-Formats / QuPath instead of the
-            OpenSlide-compatible layout (openslide reads only level 0 of OME-TIFF; tiffslide reads every level).
+        format: the container (`slide_io.formats`): 'svs' (Aperio layout: OpenSlide 3.4.1/4, tiffslide and
+            Bio-Formats see mpp, objective power, thumbnail/label/macro), 'ome-tiff' (SubIFD pyramid and OME-XML for
+            Bio-Formats / QuPath; OpenSlide sees level 0 only) or 'tiff' (generic pyramidal TIFF).
         workers: encoder threads (default: CPU count).
         progress: show a tqdm bar over level-0 bands.
 
@@ -298,13 +310,15 @@ def write_pyramid(
         The final path.
 
     Raises:
-        ValueError: bad option (compression, quality, tile size, mpp, size).
+        ValueError: bad option (compression, quality, tile size, mpp, size; 'svs' with non-square mpp).
+        SlideFormatError: an unknown format, or a name that does not fit it (a ValueError too).
         MissingMppError: no mpp from the source nor the caller.
         SlideWriteError: the source returned a wrong tile; no file is left under `path`.
     """
     from slide_io.errors import MissingMppError
 
     path = Path(path)
+    slide_format = formats.check_format(format)
     if compression not in COMPRESSIONS:
         msg = f"compression={compression!r} is not one of {tuple(COMPRESSIONS)}"
         raise ValueError(msg)
@@ -324,11 +338,13 @@ def write_pyramid(
         msg = "the tile source has no µm/px (mpp); supply one (CLI: --mpp; Python: write_pyramid(..., mpp=...))"
         raise MissingMppError(msg, path)
     provenance = Provenance() if provenance is None else provenance
-    check_output_path(path)
-    remove_stale(path.parent, path.name)
-
+    check_output_path(path, slide_format)
     sizes = level_sizes((width, height), tile_size)
     thumb_level = next(i for i, s in enumerate(sizes) if max(s) <= 2 * thumbnail_size)
+    header = _Header(slide_format, sizes[0], tile_size, level0_mpp, compression, quality, provenance,
+                     _fit(sizes[thumb_level], thumbnail_size))
+    remove_stale(path.parent, path.name)
+
     raw_bytes = sum(w * h * 3 for w, h in sizes)
     if compression == "none":  # the size is known exactly: refuse before writing what cannot fit
         free = shutil.disk_usage(path.parent).free
@@ -347,11 +363,8 @@ def write_pyramid(
                 thumb_level,
             )
             try:
-                with tifffile.TiffWriter(tmp, bigtiff=raw_bytes > 2**31, ome=ome) as tw:
-                    _write_levels(tw, src, pyramid, sizes, level0_mpp, compression, tile_size, provenance, ome, progress,
-                                  path)
-                    thumb = _thumbnail(pyramid.thumbnail_pixels(), thumbnail_size)
-                    _write_associated(tw, thumb, label_image(provenance), ome)
+                with tifffile.TiffWriter(tmp, bigtiff=raw_bytes > 2**31, ome=False) as tw:
+                    _write_slide(tw, src, pyramid, sizes, level0_mpp, compression, header, progress, path)
             finally:
                 pyramid.close()
         os.replace(tmp, path)
@@ -374,16 +387,15 @@ def write_pyramid(
 _TYPICAL_RATIO = {"jpeg": 0.1, "deflate": 0.6, "lzw": 0.7, "zstd": 0.55, "none": 1.0}
 
 
-def check_output_path(path: Path) -> None:
+def check_output_path(path: Path, slide_format: str = DEFAULT_FORMAT) -> None:
     """Refuse an output that cannot be written, before any work.
 
     Raises:
-        SlideWriteError: the folder is missing, a file, read-only or not ours; `path` is a folder; an unknown
-            extension.
+        SlideFormatError: an unknown format, or a name that does not end as `slide_format` expects
+            (`slide_io.formats.SUFFIXES`).
+        SlideWriteError: the folder is missing, a file, read-only or not ours; `path` is a folder.
     """
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        msg = f"output {path.name!r} must end in .tif or .tiff (a pyramidal TIFF; .ome.tif with --ome)"
-        raise SlideWriteError(msg, path)
+    formats.check_suffix(path, slide_format)
     parent = path.parent
     if not parent.exists():
         msg = f"output folder {parent} does not exist; create it first"
@@ -395,7 +407,7 @@ def check_output_path(path: Path) -> None:
         msg = f"output folder {parent} is not writable (read-only filesystem or permissions)"
         raise SlideWriteError(msg, path)
     if path.is_dir():
-        msg = "the output path is a folder; give a file name ending in .tif or .tiff"
+        msg = f"the output path is a folder; give a file name ending in {', '.join(formats.SUFFIXES[slide_format])}"
         raise SlideWriteError(msg, path)
 
 
@@ -455,57 +467,120 @@ def _level0_tiles(
         yield from finish(*pending)
 
 
-def _write_levels(
+@dataclass(frozen=True)
+class _Header:
+    """What the container needs besides the pixels: level-0 and associated-image descriptions, their sizes."""
+
+    slide_format: SlideFormat
+    size: Size
+    tile: int
+    mpp: Mpp
+    compression: str
+    quality: int
+    provenance: Provenance
+    thumb_size: Size
+
+    def __post_init__(self) -> None:
+        if self.slide_format == "svs" and self.mpp.x != self.mpp.y:
+            msg = (f"format 'svs' stores one µm/px (Aperio MPP) but mpp=({self.mpp.x}, {self.mpp.y}) is not square; "
+                   f"use format 'ome-tiff' or 'tiff'")
+            raise ValueError(msg)
+
+    @property
+    def associated(self) -> list[tuple[str, Size]]:
+        """(name, size) of the associated images in file order: thumbnail, label, then macro (not in 'tiff')."""
+        names = [("thumbnail", self.thumb_size), ("label", LABEL_SIZE)]
+        return names if self.slide_format == "tiff" else [*names, ("macro", MACRO_SIZE)]
+
+    def level0(self) -> str:
+        if self.slide_format == "svs":
+            return formats.svs_description(self.size, self.tile, self.mpp, self.compression, self.quality,
+                                           self.provenance)
+        if self.slide_format == "ome-tiff":
+            return formats.ome_xml(self.size, self.mpp, self.provenance, self.associated)
+        return formats.tiff_description(self.provenance)
+
+    def associated_description(self, name: str, size: Size) -> str | None:
+        if self.slide_format == "svs":
+            return formats.svs_associated_description(name, size)
+        return name if self.slide_format == "tiff" else None
+
+
+def _write_slide(
     tw: tifffile.TiffWriter, src: TileSource, pyramid: _Pyramid, sizes: list[Size], mpp: Mpp, compression: str,
-    tile: int, provenance: Provenance, ome: bool, progress: bool, path: Path,
+    header: _Header, progress: bool, path: Path,
 ) -> None:
+    """Level 0, then the reduced levels and associated images in the order of `header.slide_format`.
+
+    'svs': level 0, thumbnail, reduced levels (NewSubfileType 0), label (1), macro (9). 'ome-tiff': level 0 with the
+    reduced levels as its SubIFDs (NewSubfileType 1), then thumbnail, label, macro. 'tiff': level 0, reduced levels
+    (NewSubfileType 1), thumbnail, label. The reduced levels are complete once level 0 is written.
+    """
     common: dict[str, Any] = {
-        "dtype": np.uint8,
-        "tile": (tile, tile),
-        "compression": COMPRESSIONS[compression],
-        "photometric": "rgb",
-        "resolutionunit": "CENTIMETER",
-        "software": software_version(),
+        "dtype": np.uint8, "tile": (header.tile, header.tile), "compression": COMPRESSIONS[compression],
+        "photometric": "rgb", "resolutionunit": "CENTIMETER", "software": software_version(), "metadata": None,
     }
-    description = provenance.description()
-    for k, (w, h) in enumerate(sizes):
-        ds_x, ds_y = sizes[0][0] / w, sizes[0][1] / h
-        kw = dict(common, shape=(h, w, 3), resolution=(1e4 / (mpp.x * ds_x), 1e4 / (mpp.y * ds_y)))
-        if k == 0:
-            data: Iterator[bytes] = _level0_tiles(
-                src, pyramid, (w, h), tile, pyramid.pool, pyramid.encode, compression == "jpeg", progress, path
-            )
-            if ome:
-                kw["subifds"] = len(sizes) - 1
-                kw["metadata"] = {
-                    "axes": "YXS", "Name": "Z-WSI slide", "Description": description,
-                    "PhysicalSizeX": mpp.x, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": mpp.y, "PhysicalSizeYUnit": "µm",
-                }
-            else:
-                kw["description"] = description
-                kw["metadata"] = None
-        else:
-            data = pyramid.spooled(k)
-            kw["subfiletype"] = 1
-            kw["metadata"] = None
-        tw.write(data, **kw)
+    fmt = header.slide_format
+
+    def resolution(k: int) -> tuple[float, float]:
+        w, h = sizes[k]
+        return 1e4 / (mpp.x * sizes[0][0] / w), 1e4 / (mpp.y * sizes[0][1] / h)
+
+    level0: Iterator[bytes] = _level0_tiles(src, pyramid, sizes[0], header.tile, pyramid.pool, pyramid.encode,
+                                            compression == "jpeg", progress, path)
+    extra: dict[str, Any] = {"subifds": len(sizes) - 1} if fmt == "ome-tiff" else {}
+    tw.write(level0, shape=(sizes[0][1], sizes[0][0], 3), resolution=resolution(0),
+             description=header.level0().encode("utf-8"),  # OME-XML holds "µm"; the other descriptions are ASCII
+             **extra, **common)
+    thumb = _thumbnail(pyramid.thumbnail_pixels(), header.thumb_size)
+    label = label_image(header.provenance, LABEL_SIZE)
+    images = {"thumbnail": thumb, "label": label, "macro": macro_image(thumb, label)}
+    if fmt == "svs":
+        _write_associated(tw, header, images, ["thumbnail"])
+    for k in range(1, len(sizes)):
+        w, h = sizes[k]
+        tw.write(pyramid.spooled(k), shape=(h, w, 3), resolution=resolution(k), subfiletype=0 if fmt == "svs" else 1,
+                 **common)
+    _write_associated(tw, header, images, [name for name, _ in header.associated if fmt != "svs" or name != "thumbnail"])
 
 
-def _thumbnail(pixels: NDArray[np.uint8], longest: int) -> NDArray[np.uint8]:
-    h, w = pixels.shape[:2]
-    scale = min(1.0, longest / max(h, w))
-    if scale == 1.0:
+_SUBFILETYPES = {"svs": {"thumbnail": 0, "label": 1, "macro": 9}}
+
+
+def _fit(size: Size, longest: int) -> Size:
+    """`size` scaled (never up) so that its longest edge is at most `longest`."""
+    w, h = size
+    scale = min(1.0, longest / max(w, h))
+    return (w, h) if scale == 1.0 else (max(1, round(w * scale)), max(1, round(h * scale)))
+
+
+def _thumbnail(pixels: NDArray[np.uint8], size: Size) -> NDArray[np.uint8]:
+    if (pixels.shape[1], pixels.shape[0]) == tuple(size):
         return pixels
-    out = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(pixels).resize(out, Image.Resampling.LANCZOS))
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
 
 
-def _write_associated(tw: tifffile.TiffWriter, thumb: NDArray[np.uint8], label: NDArray[np.uint8], ome: bool) -> None:
-    """Stripped thumbnail then label; named by their ImageDescription ('thumbnail', 'label')."""
-    for name, image in (("thumbnail", thumb), ("label", label)):
+def macro_image(thumb: NDArray[np.uint8], label: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """A `MACRO_SIZE` overview of the glass: `label` on the left, `thumb` fitted and centred on the right."""
+    lh, lw = label.shape[:2]
+    canvas = Image.new("RGB", (lw + 2 * lh, lh), "white")
+    canvas.paste(Image.fromarray(label), (0, 0))
+    scale = min(2 * lh / thumb.shape[1], lh / thumb.shape[0])
+    box = (max(1, round(thumb.shape[1] * scale)), max(1, round(thumb.shape[0] * scale)))
+    small = Image.fromarray(thumb).resize(box, Image.Resampling.LANCZOS)
+    canvas.paste(small, (lw + (2 * lh - box[0]) // 2, (lh - box[1]) // 2))
+    return np.asarray(canvas)
+
+
+def _write_associated(
+    tw: tifffile.TiffWriter, header: _Header, images: dict[str, NDArray[np.uint8]], names: list[str]
+) -> None:
+    """Stripped associated images (thumbnail JPEG, label deflate, macro JPEG), described as the format expects."""
+    for name in names:
+        image = images[name]
         tw.write(
-            image, photometric="rgb", compression="jpeg" if name == "thumbnail" else "deflate",
-            description=None if ome else name, metadata={"axes": "YXS", "Name": name} if ome else None,
-            rowsperstrip=64, software=software_version(),
+            image, photometric="rgb", compression="deflate" if name == "label" else "jpeg",
+            description=header.associated_description(name, (image.shape[1], image.shape[0])), metadata=None,
+            subfiletype=_SUBFILETYPES.get(header.slide_format, {}).get(name, 0), rowsperstrip=64,
+            software=software_version(),
         )
-

@@ -1,7 +1,7 @@
 """`zwsi generate` and `zwsi generate-cohort`: synthetic whole-slide images from report text.
 
-    zwsi generate --report report.txt --out slide.tiff --width-um 2000 --height-um 1500 --mpp 0.5 --seed 7 \\
-        --model /models/Z-Image-Turbo [--steps 8] [--guidance 0]
+    zwsi generate --report report.txt --out slide.svs --width-um 2000 --height-um 1500 --mpp 0.5 --seed 7 \\
+        --model /models/Z-Image-Turbo [--steps 8] [--guidance 0] [--format svs|ome-tiff|tiff]
     zwsi generate --report examples/report_skin_example.txt --out demo.tiff --width-um 4000 --height-um 4000 \\
         --mpp 0.5 --seed 0                                               # the built-in default model (CPU)
     zwsi generate --text "Invasive ductal carcinoma, grade 2." --out s.tiff --width-um 400 --height-um 300 \\
@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `zwsi generate` and `zwsi generate-cohort`."""
     g = subparsers.add_parser(
         "generate", help="generate one synthetic whole-slide image from a report",
-        description="Generate a pyramidal synthetic WSI (TIFF, marked SYNTHETIC, with provenance) from a pathology "
+        description="Generate a pyramidal synthetic WSI (Aperio SVS by default, or OME-TIFF / generic TIFF; marked "
+        "SYNTHETIC, with provenance) from a pathology "
         "report, conditioned on its text verbatim. Resumes an interrupted run of the same job from <out>.work/.",
     )
     src = g.add_mutually_exclusive_group(required=True)
@@ -35,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--text", help="the report text itself")
     g.add_argument("--report-id", default=None, help="which report of a multi-report file")
     g.add_argument("--row", type=int, default=None, help="which report of a multi-report file (0-based)")
-    g.add_argument("--out", type=Path, required=True, help="output .tiff")
+    g.add_argument("--out", type=Path, required=True,
+                   help="output slide: .svs/.tif/.tiff (svs, tiff formats) or .ome.tif/.ome.tiff (ome-tiff)")
     _slide_args(g)
     g.add_argument("--keep-work", action="store_true", help="keep the latent/pixel zarr stores (<out>.work/)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing --out (otherwise it is refused)")
@@ -73,6 +75,9 @@ def _slide_args(p: argparse.ArgumentParser) -> None:
                    help="report text that likely holds PHI: refuse (default), redact, allow")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the process's GPU, else CPU)")
     p.add_argument("--compression", choices=("jpeg", "deflate", "lzw", "zstd", "none"), default=None)
+    p.add_argument("--format", choices=("svs", "ome-tiff", "tiff"), default=None,
+                   help="container: svs (default: Aperio layout; OpenSlide 3.4.1/4, tiffslide, Bio-Formats see µm/px, "
+                   "objective power, thumbnail/label/macro), ome-tiff (Bio-Formats/QuPath OME-XML), tiff (generic)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--max-pixels", type=float, default=None,
                    help="largest slide accepted, in level-0 pixels (default 4e10 = 200,000² px)")
@@ -84,7 +89,7 @@ def _generator(args: argparse.Namespace) -> Any:
     from zwsi.generate.pipeline import SlideGenerator
 
     overrides = {"batch_size": args.batch_size, "phi_policy": args.phi_policy, "device": args.device,
-                 "compression": args.compression}
+                 "compression": args.compression, "format": args.format}
     return SlideGenerator.from_pretrained(args.model, random_init=args.random_init, config=args.config,
                                           overrides=overrides)
 
@@ -106,11 +111,14 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from reports import PhiFoundError, load_report
     from slide_io import SlideError
+    from zwsi.generate.job import check_output
     from zwsi.generate.limits import check_disk, check_geometry, check_request_size, estimate_job
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_request_size(args.width_um, args.height_um, args.mpp, args.max_pixels)  # before the model loads
+        if args.format is not None:  # the name must fit the container; checked again with the config's format
+            check_output(args.out, args.format)
         if args.out.exists() and not args.overwrite:
             raise FileExistsError(f"--out {args.out} exists; pass --overwrite to replace it, or choose another name")
         if not args.out.parent.is_dir():

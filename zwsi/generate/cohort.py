@@ -10,7 +10,7 @@ prefixed ``stated_``: ``stated_histologic_type``, ``stated_grade``, ``stated_sta
 ``--where FIELD=VALUE`` conditions are compared case-insensitively; several values of one field are alternatives,
 different fields must all hold.
 
-Slide k of report r is ``<out>/<r>_<k>.tiff``: the request (`zwsi.generate.job.SlideRequest`, as `zwsi generate`
+Slide k of report r is ``<out>/<r>_<k>.tiff`` (``.ome.tif`` in the ome-tiff format): the request (`zwsi.generate.job.SlideRequest`, as `zwsi generate`
 takes it) with seed `cohort_seed(request.seed, r, k)`. A rerun skips every slide
 whose file already records the same report, seed and model (its provenance), and continues an interrupted slide
 from its work folder. ``manifest.csv`` is rewritten atomically after every slide: slide path, report id, k, seed,
@@ -151,9 +151,10 @@ def generate_cohort(
     rows: list[dict[str, Any]] = []
     main = _is_main()
     jobs = [(record, k) for record in chosen for k in range(per_report)]
+    suffix = ".ome.tif" if generator.config.format == "ome-tiff" else ".tiff"
     for record, k in tqdm(jobs, desc="cohort", unit="slide", disable=not (progress and main)):
         slide_seed = cohort_seed(request.seed, record.id, k)
-        path = out_dir / f"{stems[record.id]}_{k}.tiff"
+        path = out_dir / f"{stems[record.id]}_{k}{suffix}"
         report_sha = _sha(generator.conditioning(record).text)
         provenance = read_provenance(path) if path.is_file() else None
         if provenance is not None:

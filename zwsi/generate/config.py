@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from reports.conditioning import reject_prompt_enhancer
+from slide_io.formats import DEFAULT_FORMAT, FORMATS
 from zwsi.planner import PlanConfig
 from zwsi.typed_config import from_mapping, read_yaml
 
@@ -36,8 +37,9 @@ LEGACY_PLAN_KEYS = ("window_tokens", "context_tokens", "overlap_tokens", "overvi
 """Plan keys a config may still state at the top level (the flat layout of earlier model folders)."""
 MODEL_PLAN_KEYS = ("patch_size", "vae_factor", "latent_channels")
 """Plan fields that come from the model (the transformer's patch, the VAE's factor and channels), not the config."""
-OUTPUT_NEUTRAL = ("batch_size", "device")
-"""Settings that do not change the slide (left out of the config hash, so a run may resume with other values)."""
+OUTPUT_NEUTRAL = ("batch_size", "device", "format")
+"""Settings that do not change the slide's pixels (left out of the config hash, so a run may resume with other
+values; the container is the file itself)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class GenerateConfig:
         vae_overlap: VAE decode tile overlap in latents.
         latent_dtype: dtype of the latent store ("float16" halves the disk; "float32" keeps the sampler's values).
         compression: TIFF tile compression.
+        format: the container (`slide_io.formats`): "svs" (default; every measured reader sees µm/px, objective
+            power and associated images), "ome-tiff" (Bio-Formats / QuPath) or "tiff" (generic pyramidal TIFF).
         quality: JPEG quality.
         tile_size: TIFF tile edge in pixels.
         phi_policy: what to do with report text that likely holds PHI: "refuse", "redact" or "allow".
@@ -91,6 +95,7 @@ class GenerateConfig:
     vae_overlap: int = 16
     latent_dtype: str = "float16"
     compression: str = "jpeg"
+    format: str = DEFAULT_FORMAT
     quality: int = 90
     tile_size: int = 256
     phi_policy: str = "refuse"
@@ -121,7 +126,7 @@ class GenerateConfig:
             raise ValueError(f"generate config: quality must be in 1..100, got {self.quality}")
         if self.tile_size % 16:
             raise ValueError(f"generate config: tile_size must be a multiple of 16, got {self.tile_size}")
-        for name, allowed in (("latent_dtype", LATENT_DTYPES), ("compression", COMPRESSIONS),
+        for name, allowed in (("latent_dtype", LATENT_DTYPES), ("compression", COMPRESSIONS), ("format", FORMATS),
                               ("phi_policy", PHI_POLICIES), ("dtype", DTYPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"generate config: {name} = {getattr(self, name)!r}; expected one of {list(allowed)}")

@@ -27,9 +27,6 @@ if TYPE_CHECKING:
     from zwsi.generate.distributed import ProcessGroup
     from zwsi.planner import PlanConfig, SlidePlan
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-
-
 @dataclass(frozen=True)
 class SlideRequest:
     """What a user asks for: the slide's size and finest µm/px, its seed, and optionally steps and guidance.
@@ -77,15 +74,16 @@ class SlideRequest:
         return dataclasses.replace(self, seed=seed)
 
 
-def check_output(out: str | Path) -> Path:
-    """The output path of a slide, which must be a TIFF.
+def check_output(out: str | Path, slide_format: str = "svs") -> Path:
+    """The output path of a slide, whose name must fit the container (`slide_io.formats.SUFFIXES`).
 
     Raises:
-        ValueError: another suffix.
+        slide_io.SlideFormatError: an unknown format, or another ending (a ValueError).
     """
+    from slide_io.formats import check_suffix
+
     out = Path(out)
-    if out.suffix.lower() not in TIFF_SUFFIXES:
-        raise ValueError(f"out {out} must end in .tif or .tiff (a pyramidal TIFF)")
+    check_suffix(out, slide_format)
     return out
 
 

@@ -318,7 +318,8 @@ class SlideGenerator:
             report: a `reports.ReportRecord` or the report text.
             request: size, µm/px of the finest level, seed (every window's noise derives from it: the same slide
                 for any batch size or process count), steps and guidance (default: the config's).
-            out: the TIFF (.tif/.tiff); it appears only when complete.
+            out: the slide file (.svs/.tif/.tiff for the "svs" and "tiff" formats, .ome.tif for "ome-tiff"); it
+                appears only when complete.
             work_dir: the latent/pixel stores (default ``<out>.work``); removed at the end unless ``keep_work``.
             keep_work: keep the stores (e.g. for validation of intermediate levels).
             progress: show per-level progress bars (process 0).
@@ -326,13 +327,13 @@ class SlideGenerator:
 
         Raises:
             reports.PhiFoundError: the report likely holds PHI and the policy is "refuse".
-            ValueError: a bad output name, or a work folder of another job.
+            ValueError: a bad output name (`slide_io.SlideFormatError`), or a work folder of another job.
         """
         from slide_io import write_pyramid
 
         start = time.perf_counter()
         cfg = self.config
-        request, out = request.resolved(cfg), check_output(out)
+        request, out = request.resolved(cfg), check_output(out, cfg.format)
         group = process_group("cpu" if self.device.type == "cpu" else None)
         cond = self.conditioning(report)
         plan = self.plan(request.width_um, request.height_um, request.mpp, request.seed)
@@ -352,7 +353,8 @@ class SlideGenerator:
         if group.is_main:
             write_pyramid(out, pixels.pixel_source(0), mpp=float(request.mpp),
                           compression=cfg.compression,  # type: ignore[arg-type]  # one of COMPRESSIONS, checked
-                          quality=cfg.quality, tile_size=cfg.tile_size, provenance=provenance, progress=progress)
+                          quality=cfg.quality, tile_size=cfg.tile_size, provenance=provenance, progress=progress,
+                          format=cfg.format)  # type: ignore[arg-type]  # one of FORMATS, checked
             if not keep_work:
                 shutil.rmtree(work, ignore_errors=True)
         return SlideResult(out, provenance, plan, cond, run.levels, time.perf_counter() - start)

@@ -66,9 +66,20 @@ def test_generate_command_writes_a_synthetic_slide(tmp_path: Path, capsys: pytes
     assert f"wrote {out} (60 x 50 px at 2 µm/px, SYNTHETIC)" in printed
     with open_slide(out) as slide:
         assert slide.dimensions == (60, 50) and slide.mpp.x == pytest.approx(2.0) and slide.is_synthetic
+        assert slide.properties["openslide.vendor"] == "aperio" and slide.objective_power == 5  # svs: 10 / 2 µm/px
     prov = read_provenance(out)
     assert prov is not None and prov.seed == 4 and prov.extra["report_id"] == "report"
     assert not (tmp_path / "slide.tiff.work").exists()
+
+
+def test_generate_format_ome_tiff(tmp_path: Path) -> None:
+    out = tmp_path / "slide.ome.tif"
+    assert main(["generate", "--text", REPORTS[0]["text"], "--out", str(out), "--seed", "4", "--model", "tiny",
+                 "--random-init", "--format", "ome-tiff", *TINY_SLIDE]) == 0
+    with open_slide(out) as slide:
+        assert slide.backend == "tiffslide" and slide.vendor == "zwsi"
+        assert slide.mpp.x == pytest.approx(2.0) and slide.objective_power == 5 and slide.is_synthetic
+        assert set(slide.associated_images) == {"thumbnail", "label", "macro"}
 
 
 @pytest.mark.parametrize(
@@ -79,6 +90,8 @@ def test_generate_command_writes_a_synthetic_slide(tmp_path: Path, capsys: pytes
         (["--text", "Adenocarcinoma.", "--model", "nowhere/model"], "neither a folder nor a pipeline preset"),
         (["--text", "Seen by Dr. John Smith on 03/04/2019. Adenocarcinoma.", "--model", "tiny", "--random-init"],
          "PhiFoundError"),
+        (["--text", "Adenocarcinoma.", "--model", "nowhere/model", "--format", "ome-tiff"],  # before the model loads
+         "'s.tiff' does not fit format 'ome-tiff': expected a name ending in .ome.tif, .ome.tiff"),
     ],
 )
 def test_generate_command_errors_exit_2(argv: list[str], message: str, tmp_path: Path,

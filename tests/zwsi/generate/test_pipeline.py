@@ -282,7 +282,8 @@ def test_output_opens_in_openslide_and_tiffslide_with_levels_mpp_and_synthetic_f
         assert slide.level_dimensions == ((190, 125), (95, 63), (48, 32))
         assert float(slide.properties[f"{prefix}.mpp-x"]) == pytest.approx(2.0)
         assert float(slide.properties[f"{prefix}.mpp-y"]) == pytest.approx(2.0)
-        assert slide.properties["tiff.ImageDescription"].startswith("SYNTHETIC")
+        assert str(slide.properties["aperio.Synthetic"]).lower() == "true"  # the default container is svs
+        assert float(slide.properties[f"{prefix}.objective-power"]) == 5  # 10 / 2 µm/px
         levels[prefix] = [np.asarray(slide.read_region((0, 0), k, d))[..., :3] for k, d in
                           enumerate(slide.level_dimensions)]
         slide.close()
@@ -314,7 +315,8 @@ def test_truncation_is_warned(tiny: SlideGenerator) -> None:
 def test_bad_requests_name_the_value(tiny: SlideGenerator, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="width_um must be a positive number, got -5"):
         tiny.generate(REPORT, width_um=-5, height_um=100, mpp=2.0, seed=1, out=tmp_path / "x.tiff")
-    with pytest.raises(ValueError, match=r"must end in \.tif or \.tiff"):
+    with pytest.raises(ValueError, match=r"'x.png' does not fit format 'svs': expected a name ending in \.svs, \.tif, "
+                                         r"\.tiff"):
         tiny.generate(REPORT, width_um=100, height_um=100, mpp=2.0, seed=1, out=tmp_path / "x.png")
     with pytest.raises(ValueError, match="seed must be an integer"):
         tiny.generate(REPORT, width_um=100, height_um=100, mpp=2.0, seed=-1, out=tmp_path / "x.tiff")
