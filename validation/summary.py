@@ -129,16 +129,17 @@ def summary_markdown(metrics: Mapping[str, Any]) -> str:
                          f"{c2st['high']:.3f}] | – | {'separates' if c2st['low'] > 0.5 else 'does not separate'} |")
         for name in ("frechet_distance", "mmd"):
             m = level["features"][name]
-            lines.append(f"| {_human(name)} | {m['value']:.4g} [{m['low']:.4g}, {m['high']:.4g}] | "
+            lines.append(f"| {human_name(name)} | {m['value']:.4g} [{m['low']:.4g}, {m['high']:.4g}] | "
                          f"{m['real_vs_real']['value']:.4g} | {'differs' if m['beyond_reference'] else 'within'} |")
         for name, s in level["statistics"].items():
-            lines.append(f"| {_human(name)} ({s['unit']}), synthetic / real median | {s['ratio']['value']:.3f} | "
+            lines.append(f"| {human_name(name)} ({s['unit']}), synthetic / real median | {s['ratio']['value']:.3f} | "
                          f"{s['real_vs_real_ratio']['value']:.3f} | {_md(s.get('status', ''))} |")
     lines += ["", "## Glossary", ""] + [f"- **{term}**: {text}" for term, text in GLOSSARY]
     return "\n".join(lines) + "\n"
 
 
-def _human(name: str) -> str:
+def human_name(name: str) -> str:
+    """The human name of a metrics.json key ("nuclei_density" → "nuclei density")."""
     from validation.verdict import HUMAN_NAMES
 
     return HUMAN_NAMES.get(name, name.replace("_", " "))
