@@ -14,6 +14,7 @@ cross-magnification consistency between their pyramid levels.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -357,12 +358,14 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
             expand_paths(paths, role=role)  # every input exists and is a slide or an image, before any work
     kw: dict[str, Any] = {"mpps": config.mpps, "tile_size": config.tile_size, "max_tiles": config.max_tiles,
           "tile_mpp": config.tile_mpp, "seed": config.seed}
-    with console.status("reading real tiles"):
+    # no live status line when quiet: in a notebook rich would leave an empty output widget behind
+    status = console.status if progress else (lambda _: contextlib.nullcontext())
+    with status("reading real tiles"):
         real_set = load_tileset("real", real, **kw)
         if config.mpps is None and real_set.slides:
             # the synthetic and training slides are cut at the real slide's ladder
             kw["mpps"] = [lv.mpp for lv in real_set.levels.values() if lv.mpp is not None]
-    with console.status("reading synthetic tiles"):
+    with status("reading synthetic tiles"):
         locations = {k: lv.locations for k, lv in real_set.levels.items() if lv.locations} if config.paired else None
         synth_set = load_tileset("synthetic", synthetic, locations=locations, **kw)
     train_set = load_tileset("training", training, **kw) if training else None

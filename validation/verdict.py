@@ -206,7 +206,7 @@ def training_slides_of(provenance: Mapping[str, Any] | None) -> list[dict[str, s
     extra = (provenance or {}).get("extra") or {}
     for item in extra.get("training_slides") or []:
         out.append(dict(item) if isinstance(item, Mapping) else {"name": Path(str(item)).name})
-    if extra.get("model") == "default":
+    if extra.get("model") in ("default", "default_model"):  # the name `zwsi generate` records for the built-in model
         out.append({"name": bundled_training_slide().name, "why": "the built-in default model"})
     return out
 

@@ -23,6 +23,7 @@ from validation.verdict import (
     magnification_name,
     reference_overlap,
     statistic_premises,
+    training_slides_of,
 )
 
 
@@ -106,6 +107,7 @@ def test_warning_for_the_bundled_training_slide_by_hash_and_by_name(tmp_path):
     other = tmp_path / "other.svs"
     other.write_bytes(b"not the training slide")
     assert reference_overlap([other], [None]) is None
+    assert training_slides_of({"extra": {"model": "default_model"}})[0]["name"] == "CMU-1-Small-Region.svs"
     recorded = {"extra": {"training_slides": [{"name": "other.svs"}]}}
     assert "recorded in the synthetic slide's provenance" in reference_overlap([other], [recorded])["reason"]
 
