@@ -104,6 +104,7 @@ def test_warning_for_the_bundled_training_slide_by_hash_and_by_name(tmp_path):
     assert "memorisation check was skipped" in warning["text"] and "bottom quarter is held out" in warning["text"]
     renamed = shutil.copy(bundled, tmp_path / "held-out.svs")
     assert "byte-for-byte" in reference_overlap([renamed], [None])["reason"]
+    assert "bottom quarter is held out" in reference_overlap([renamed], [None])["reason"]
     other = tmp_path / "other.svs"
     other.write_bytes(b"not the training slide")
     assert reference_overlap([other], [None]) is None
