@@ -12,6 +12,9 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from validation.morphology import STATISTICS
+from validation.scalebar import with_scale_bar
+from validation.summary import GLOSSARY
+from validation.verdict import HUMAN_NAMES, level_label
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
@@ -20,8 +23,15 @@ table{border-collapse:collapse;margin:8px 0;font-size:.9em}td,th{border:1px soli
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.flag{background:#fde2e2}.ok{color:#286a2d}
 .pair{display:inline-block;margin:6px;text-align:center;font-size:.8em}.side{display:flex;gap:16px;flex-wrap:wrap}
 .side figure{margin:0}figcaption{font-size:.85em;color:#555;text-align:center}.muted{color:#666;font-size:.9em}
-ul.findings li{margin:4px 0}
+ul.findings li{margin:4px 0}.na{color:#666;font-style:italic}
+.verdict{font-size:1.1em;margin:6px 0;padding:8px 12px;border-left:6px solid #999;background:#f7f7f7}
+.v-bad{border-color:#c0392b}.v-warn{border-color:#e67e22}.v-ok{border-color:#27ae60}
+.warning{background:#fff3cd;border:2px solid #e0a800;padding:10px 14px;font-weight:600;margin:12px 0}
+dl.glossary dt{font-weight:600;margin-top:6px}dl.glossary dd{margin-left:16px}
+td.text{text-align:left;white-space:pre-wrap;max-width:760px}
 """
+VERDICT_CLASS = {"copies training data": "v-bad", "not realistic": "v-bad", "distinguishable from real": "v-warn",
+                 "similar, with differences": "v-warn", "no difference detected": "v-ok"}
 
 
 def png_data_uri(image: NDArray[np.uint8] | Image.Image, max_side: int | None = None) -> str:
@@ -48,13 +58,19 @@ def figure_uri(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def montage(tiles: NDArray[np.uint8], columns: int = 4, count: int = 8, side: int = 128) -> NDArray[np.uint8]:
-    """A grid of the first `count` tiles, each resized to `side` px, 2 px white gutters."""
+def montage(tiles: NDArray[np.uint8], columns: int = 4, count: int = 8, side: int = 128, mpp: float | None = None
+            ) -> NDArray[np.uint8]:
+    """A grid of the first `count` tiles, each resized to `side` px, 2 px white gutters; with ``mpp`` (the tiles'
+    µm/px) each tile gets a scale bar and the first one the magnification."""
+    from validation.scalebar import draw_scale_bar
+
     picked = tiles[:count]
     rows = max(1, -(-len(picked) // columns))
     out = np.full((rows * (side + 2), columns * (side + 2), 3), 255, np.uint8)
     for i, tile in enumerate(picked):
         small = np.asarray(Image.fromarray(tile).resize((side, side), Image.Resampling.LANCZOS))
+        if mpp is not None:
+            small = draw_scale_bar(small, mpp * tile.shape[1] / side, caption=None if i == 0 else "")[0]
         r, c = divmod(i, columns)
         out[r * (side + 2):r * (side + 2) + side, c * (side + 2):c * (side + 2) + side] = small
     return out
@@ -86,7 +102,10 @@ def _metric_table(level: dict[str, Any]) -> str:
     rows.append(f"<tr{cls}><td>MS-SSIM among tile pairs (synthetic | real)</td><td>{_iv(d['synthetic'])}</td>"
                 f"<td>{_iv(d['real'])}</td><td>–</td></tr>")
     mac = level["stain_vectors"]
-    if mac.get("available"):
+    if not mac.get("available"):
+        rows.append(f"<tr><td>Macenko stain vector angles (°)</td><td colspan='3' class='na'>not applicable: "
+                    f"{html.escape(str(mac.get('reason', '')))}</td></tr>")
+    else:
         for stain in ("hematoxylin", "eosin"):
             m = mac[f"{stain}_angle_deg"]
             cls = " class='flag'" if m["beyond_reference"] else ""
@@ -97,14 +116,24 @@ def _metric_table(level: dict[str, Any]) -> str:
         rows.append(f"<tr><td>SSIM, paired tiles</td><td>{_iv(p['ssim'])}</td><td>1 (identical)</td><td>–</td></tr>")
         rows.append(f"<tr><td>PSNR dB, paired tiles (cap {p['psnr_cap_db']:.0f})</td><td>{_iv(p['psnr_db'])}</td>"
                     f"<td>∞ (identical)</td><td>–</td></tr>")
+    c2st = level.get("c2st")
+    if c2st:
+        cls = " class='flag'" if c2st["low"] > 0.5 else ""
+        rows.insert(0, f"<tr{cls}><td>C2ST AUC (0.5 = indistinguishable, 1 = always told apart)</td><td>"
+                       f"{_fmt(c2st['auc'])} <span class='muted'>[{_fmt(c2st['low'])}, {_fmt(c2st['high'])}]</span>"
+                       "</td><td>– (0.5 by construction)</td><td>–</td></tr>")
     head = ("<tr><th>metric</th><th>real vs synthetic [95% CI], permutation p</th><th>real vs real (disjoint halves)</th>"
             "<th>size-matched</th></tr>")
     stats = ["<tr><th>statistic</th><th>real median</th><th>synthetic median</th><th>synthetic / real [95% CI]</th>"
              "<th>real half / real half</th></tr>"]
     for name in STATISTICS:
         s = level["statistics"][name]
+        label = f"{HUMAN_NAMES.get(name, name)} ({html.escape(s['unit'])})"
+        if not s.get("applicable", True):
+            stats.append(f"<tr><td>{label}</td><td colspan='4' class='na'>{html.escape(s['status'])}</td></tr>")
+            continue
         cls = " class='flag'" if s["beyond_reference"] else ""
-        stats.append(f"<tr{cls}><td>{name.replace('_', ' ')} ({html.escape(s['unit'])})</td><td>{_fmt(s['real_median'])}"
+        stats.append(f"<tr{cls}><td>{label}</td><td>{_fmt(s['real_median'])}"
                      f"</td><td>{_fmt(s['synthetic_median'])}</td><td>{_iv(s['ratio'])}</td>"
                      f"<td>{_iv(s['real_vs_real_ratio'])}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table><table>{''.join(stats)}</table>"
@@ -156,7 +185,8 @@ def _flagged_pairs(result: Any, key: str) -> str:
     cells = []
     for i in mem.flagged[:12]:
         j = int(mem.generated_neighbour[i])
-        cells.append(f"<div class='pair'>{img_tag(synth.tiles[i], 'synthetic', 160)} {img_tag(train.tiles[j], 'training', 160)}"
+        syn, trn = with_scale_bar(synth.tiles[i], synth.mpp, 160), with_scale_bar(train.tiles[j], train.mpp, 160)
+        cells.append(f"<div class='pair'>{img_tag(syn, 'synthetic')} {img_tag(trn, 'training')}"
                      f"<br>synthetic {html.escape(synth.origins[i])}<br>training {html.escape(train.origins[j])}"
                      f"<br>distance {mem.generated_distance[i]:.4g}</div>")
     return f"<h3>Flagged near-copies ({len(mem.flagged)})</h3>" + "".join(cells)
@@ -170,12 +200,13 @@ def _thumbnails(result: Any) -> str:
         if ts.slides:
             with slide_io.open_slide(ts.slides[0]) as slide:
                 thumb = slide.get_thumbnail((480, 480))
-            figs.append(f"<figure>{img_tag(thumb, role)}<figcaption>{role}: {html.escape(ts.slides[0].name)}"
-                        "</figcaption></figure>")
+                mpp = slide.mpp.x * slide.dimensions[0] / thumb.size[0]
+            figs.append(f"<figure>{img_tag(with_scale_bar(thumb, mpp), role)}<figcaption>{role}: "
+                        f"{html.escape(ts.slides[0].name)} (whole slide)</figcaption></figure>")
         else:
-            first = next(iter(ts.levels.values()))
-            figs.append(f"<figure>{img_tag(montage(first.tiles), role)}<figcaption>{role}: first tiles"
-                        "</figcaption></figure>")
+            key, first = next(iter(ts.levels.items()))
+            figs.append(f"<figure>{img_tag(montage(first.tiles, mpp=first.mpp), role)}<figcaption>{role}: first "
+                        f"tiles, {html.escape(level_label(first.mpp, key))}</figcaption></figure>")
     return f"<div class='side'>{''.join(figs)}</div>"
 
 
@@ -198,13 +229,15 @@ def _zooms(result: Any) -> str:
                     half0 = side * mpp / base / 2
                     cx, cy = x + finest.tiles.shape[2] * finest.mpp / base / 2, y + finest.tiles.shape[1] * finest.mpp / base / 2
                     crop = slide.read_region_mpp((round(cx - half0), round(cy - half0)), mpp, (side, side))
-                    cells.append(f"<figure>{img_tag(crop, key)}<figcaption>{role}, {html.escape(key)}</figcaption></figure>")
+                    cells.append(f"<figure>{img_tag(with_scale_bar(crop, mpp), key)}<figcaption>{role}, "
+                                 f"{html.escape(level_label(mpp, key))}</figcaption></figure>")
             rows.append(f"<div class='side'>{''.join(cells)}</div>")
         return "".join(rows)
     rows = []
     for role, ts in (("real", result.real), ("synthetic", result.synthetic)):
-        cells = [f"<figure>{img_tag(ts.levels[k].tiles[0], k, 256)}<figcaption>{role}, {html.escape(k)}</figcaption>"
-                 "</figure>" for k in keys if k in ts.levels]
+        cells = [f"<figure>{img_tag(with_scale_bar(ts.levels[k].tiles[0], ts.levels[k].mpp, 256), k)}<figcaption>"
+                 f"{role}, {html.escape(level_label(ts.levels[k].mpp, k))}</figcaption></figure>"
+                 for k in keys if k in ts.levels]
         rows.append(f"<div class='side'>{''.join(cells)}</div>")
     return "".join(rows)
 
@@ -235,8 +268,37 @@ def _slides_section(metrics: dict[str, Any]) -> str:
     return f"<h3>Seams on the window grid</h3>{seams}<h3>Cross-magnification consistency</h3>{cons_html}"
 
 
+def _verdicts(m: dict[str, Any]) -> str:
+    rows = []
+    for v in m.get("verdicts", {}).values():
+        caveats = (f" <span class='muted'>({html.escape('; '.join(v['caveats']))})</span>" if v["caveats"] else "")
+        rows.append(f"<p class='verdict {VERDICT_CLASS.get(v['verdict'], '')}'><b>{html.escape(v['label'])}: "
+                    f"{html.escape(v['verdict'])}</b> — {html.escape(v['reason'])}; {html.escape(v['advice'])}"
+                    f"{caveats}</p>")
+    warning = m.get("reference_warning")
+    if warning:
+        rows.append(f"<div class='warning'>{html.escape(warning['text'])}</div>")
+    rows.append(f"<p>Memorisation check: {html.escape(m.get('memorisation_status', 'not recorded'))}</p>")
+    return "".join(rows)
+
+
+def _conditioning(m: dict[str, Any]) -> str:
+    parts = []
+    for item in m.get("conditioning", []):
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td class='text'>{html.escape(v)}</td></tr>"
+                       for k, v in item["rows"])
+        parts.append(f"<table><tr><th>synthetic slide</th><th>{html.escape(item['slide'])}</th></tr>{rows}</table>")
+    return "".join(parts) or "<p class='muted'>The synthetic inputs are tile images: no provenance recorded.</p>"
+
+
+def _glossary() -> str:
+    return "<dl class='glossary'>" + "".join(f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>"
+                                             for t, d in GLOSSARY) + "</dl>"
+
+
 def render_report(result: Any) -> str:
-    """The HTML page for a `ValidationResult`."""
+    """The HTML page for a `ValidationResult`: verdicts first, then what was generated, findings, pictures (with
+    scale bars), the numbers per magnification, the gigapixel checks and a glossary."""
     m = result.metrics
     found = m["findings"]
     finding_html = ("<ul class='findings'>" + "".join(f"<li>{html.escape(f)}</li>" for f in found) + "</ul>") if found \
@@ -245,7 +307,8 @@ def render_report(result: Any) -> str:
                      for role, paths in m["inputs"].items())
     levels = []
     for key, level in m["levels"].items():
-        levels.append(f"<h2>Level {html.escape(key)}</h2><p class='muted'>{level['n_real']} real and "
+        label = level_label(level.get("mpp"), key)
+        levels.append(f"<h2>{html.escape(label)}</h2><p class='muted'>{level['n_real']} real and "
                       f"{level['n_synthetic']} synthetic tiles of {level['tile_size']} px. Rows in red differ beyond "
                       "the real-vs-real reference.</p>" + _metric_table(level) + _plots(result, key)
                       + _flagged_pairs(result, key))
@@ -253,16 +316,20 @@ def render_report(result: Any) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>Z-WSI validation report</title><style>{CSS}</style></head>
 <body>
 <h1>Z-WSI validation report</h1>
+<h2>Verdict</h2>{_verdicts(m)}
+<h2>What was generated</h2>{_conditioning(m)}
+<h2>Findings</h2>{finding_html}
+<h2>Thumbnails</h2>{_thumbnails(result)}
+<h2>Zoomed crops</h2>{_zooms(result)}
+<h2>Inputs and method</h2>
+<table>{inputs}</table>
 <p>Feature extractor: <b>{html.escape(m['feature_extractor'])}</b>. Intervals are 95% percentile bootstrap over
 tiles ({m['config']['n_resamples']} resamples, seed {m['config']['seed']}); feature distances use the basic
 bootstrap, because resampling with repeats inflates them, so their interval estimates the population value and can
 lie below the plug-in value. Each real-vs-synthetic figure sits beside the same measure between two disjoint halves
 of the real tiles.</p>
-<table>{inputs}</table>
-<h2>Findings</h2>{finding_html}
-<h2>Thumbnails</h2>{_thumbnails(result)}
-<h2>Zoomed crops</h2>{_zooms(result)}
 {''.join(levels)}
 <h2>Gigapixel checks</h2>{_slides_section(m)}
+<h2>Glossary</h2>{_glossary()}
 </body></html>
 """

@@ -97,9 +97,10 @@ def tile_statistics(tiles: NDArray[np.uint8], mpp: float) -> dict[str, NDArray[n
         mpp: µm per pixel of the tiles.
 
     Returns:
-        name → (N,) values. Stain means are over tissue pixels (NaN for a tile without tissue).
+        name → (N,) values, plus ``nuclei_count`` (nuclei found per tile, for `validation.verdict`'s premises).
+        Stain means are over tissue pixels (NaN for a tile without tissue).
     """
-    out: dict[str, list[float]] = {name: [] for name in STATISTICS}
+    out: dict[str, list[float]] = {name: [] for name in (*STATISTICS, "nuclei_count")}
     for tile in tiles:
         mask = tissue_mask(tile)
         stains = hed(tile)[mask] if mask.any() else np.full((1, 3), np.nan)
@@ -109,6 +110,7 @@ def tile_statistics(tiles: NDArray[np.uint8], mpp: float) -> dict[str, NDArray[n
         out["eosin"].append(float(stains[:, 1].mean()))
         out["nuclei_density"].append(nuc.density_per_mm2)
         out["nucleus_area"].append(nuc.mean_area_um2)
+        out["nuclei_count"].append(float(nuc.count))
         out["sharpness"].append(sharpness(tile))
         out["noise_sigma"].append(noise_sigma(tile))
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}

@@ -14,6 +14,7 @@ cross-magnification consistency between their pyramid levels.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,6 +35,15 @@ from validation.memorisation import MemorisationReport, memorisation_check
 from validation.morphology import STATISTICS, UNITS, tile_statistics
 from validation.seams import N_REF, REF_STEP
 from validation.stain import macenko_vectors, mean_stain_vectors, stain_angles
+from validation.summary import conditioning_rows, read_provenances, summary_markdown
+from validation.verdict import (
+    THRESHOLDS,
+    apply_premises,
+    level_label,
+    level_verdict,
+    reference_overlap,
+    statistic_premises,
+)
 
 PSNR_CAP = 100.0  # identical tiles have infinite PSNR; report this many dB instead
 
@@ -203,7 +213,7 @@ def findings(metrics: dict[str, Any]) -> list[str]:
     """Plain-language list of the differences the checks saw beyond the real-vs-real reference."""
     out = []
     for key, level in metrics["levels"].items():
-        where = f"[{key}]"
+        where = f"[{level.get('label', key)}]"
         feats = level["features"]
         for name, label in (("frechet_distance", "Fréchet distance"), ("mmd", "MMD²")):
             m = feats[name]
@@ -245,7 +255,7 @@ def findings(metrics: dict[str, Any]) -> list[str]:
                 real_scores = [s["seams"][key]["score"] for s in metrics["slides"].get("real", []) if key in s["seams"]]
                 if seam["flagged"]:
                     first = seam["flagged"][0]
-                    out.append(f"[{key}] seams in {slide['name']}: {len(seam['flagged'])} border segment(s) at or above "
+                    out.append(f"[{metrics['levels'].get(key, {}).get('label', key)}] seams in {slide['name']}: {len(seam['flagged'])} border segment(s) at or above "
                                f"ratio {seam['flag_ratio']}, worst at {first['axis']}={first['position']} px "
                                f"[{first['start']}, {first['end']}) (ratio {first['ratio']:.2f}); seam score "
                                f"{seam['score']:.3f}" + (f" vs real {real_scores[0]:.3f}" if real_scores else ""))
@@ -348,12 +358,14 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
             expand_paths(paths, role=role)  # every input exists and is a slide or an image, before any work
     kw: dict[str, Any] = {"mpps": config.mpps, "tile_size": config.tile_size, "max_tiles": config.max_tiles,
           "tile_mpp": config.tile_mpp, "seed": config.seed}
-    with console.status("reading real tiles"):
+    # no live status line when quiet: in a notebook rich would leave an empty output widget behind
+    status = console.status if progress else (lambda _: contextlib.nullcontext())
+    with status("reading real tiles"):
         real_set = load_tileset("real", real, **kw)
         if config.mpps is None and real_set.slides:
             # the synthetic and training slides are cut at the real slide's ladder
             kw["mpps"] = [lv.mpp for lv in real_set.levels.values() if lv.mpp is not None]
-    with console.status("reading synthetic tiles"):
+    with status("reading synthetic tiles"):
         locations = {k: lv.locations for k, lv in real_set.levels.items() if lv.locations} if config.paired else None
         synth_set = load_tileset("synthetic", synthetic, locations=locations, **kw)
     train_set = load_tileset("training", training, **kw) if training else None
@@ -362,6 +374,8 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
         msg = (f"real levels {sorted(real_set.levels)} and synthetic levels {sorted(synth_set.levels)} have none in "
                "common; give tile images their µm/px (--tile-mpp) or the same kind of input on both sides")
         raise ValueError(msg)
+    provenances = read_provenances(synth_set.slides)
+    warning = reference_overlap(real_set.slides, provenances)
     extractor = load_extractor(config.features, config.features_weights, allow_pickle=config.features_allow_pickle)
     console.log(f"features: {extractor.name}")
     result = ValidationResult({}, real_set, synth_set, train_set)
@@ -381,7 +395,7 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
 
         result.hed_pixels[key] = {"real": hed_tissue_pixels(r.tiles), "synthetic": hed_tissue_pixels(s.tiles)}
         level: dict[str, Any] = {
-            "mpp": r.mpp, "n_real": len(r.tiles), "n_synthetic": len(s.tiles), "tile_size": config.tile_size,
+            "mpp": r.mpp, "label": level_label(r.mpp or s.mpp, key), "n_real": len(r.tiles), "n_synthetic": len(s.tiles), "tile_size": config.tile_size,
             "mpp_assumed_for_nuclei": r.mpp is None and s.mpp is None,
             "features": compare_features(rf, sf, config),
             "diversity": compare_diversity(r.tiles, s.tiles, config),
@@ -389,12 +403,13 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
             "stain_vectors": compare_stain_vectors(r.tiles, s.tiles, config),
             "c2st": classifier_two_sample_test(rf, sf, seed=config.seed, n_resamples=config.n_resamples),
         }
+        apply_premises(level["statistics"], statistic_premises(rs, ss))
         if config.paired:
             if r.tiles.shape != s.tiles.shape:
                 msg = f"[{key}] paired comparison needs the same tiles on both sides; got {r.tiles.shape} and {s.tiles.shape}"
                 raise ValueError(msg)
             level["paired"] = compare_paired(r.tiles, s.tiles, config)
-        if train_set is not None and key in train_set.levels and len(train_set.levels[key].tiles):
+        if warning is None and train_set is not None and key in train_set.levels and len(train_set.levels[key].tiles):
             mem = memorisation_check(sf, rf, extractor(train_set.levels[key].tiles))
             result.memorisation[key] = mem
             level["memorisation"] = mem.to_dict()
@@ -415,17 +430,43 @@ def run_validation(real: Sequence[str | Path], synthetic: Sequence[str | Path], 
                    (("real", real_set), ("synthetic", synth_set), ("training", train_set)) if ts is not None},
         "levels": levels,
         "slides": slides,
+        "thresholds": dict(THRESHOLDS),
+        "reference_warning": warning,
+        "memorisation_status": memorisation_status(warning, train_set, result.memorisation),
+        "conditioning": [{"slide": p.name, "rows": conditioning_rows(prov, extractor.name)}
+                         for p, prov in zip(synth_set.slides, provenances)],
+        "verdicts": {key: level_verdict(level, key, reference_is_training=warning is not None)
+                     for key, level in levels.items()},
     }
     result.metrics["findings"] = findings(result.metrics)
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty folder behind
     write_json_atomic(out / "metrics.json", result.metrics)
+    write_text_atomic(out / "summary.md", summary_markdown(result.metrics))
     if write_html:
         from validation.html_report import render_report
 
         write_text_atomic(out / "report.html", render_report(result))
+    for verdict in result.metrics["verdicts"].values():
+        console.log(verdict["text"])
+    if warning:
+        console.log(warning["text"])
     for line in result.metrics["findings"] or ["no difference beyond the real-vs-real reference"]:
         console.log(line)
     return result
+
+
+def memorisation_status(warning: dict[str, Any] | None, training: TileSet | None,
+                        reports: dict[str, MemorisationReport]) -> str:
+    """One sentence on whether the memorisation check ran, and why not."""
+    if warning is not None:
+        return ("skipped: the real reference is the model's training data, so there is no held-out real slide to "
+                "compare against")
+    if training is None:
+        return "not run: no training slides given (--training), so near-copies of training tiles cannot be looked for"
+    if not reports:
+        return "not run: the training slides gave no tiles at the compared magnifications"
+    flagged = sum(len(r.flagged) for r in reports.values())
+    return f"ran at {len(reports)} magnification(s): {flagged} synthetic tile(s) flagged as near-copies"
 
 
 def check_output_folder(out: Path) -> None:

@@ -1,8 +1,11 @@
-"""Blinded reader study: shuffled real and synthetic tiles, a hidden key, recorded ratings, exact binomial test.
+"""Blinded reader study: shuffled real and synthetic tiles, a key kept in another folder, the reader's own ratings,
+an exact binomial test.
 
-A reader labels each tile "real" or "synthetic" without seeing the key. If synthetic tiles were
-indistinguishable, the reader's accuracy would be 0.5; `score_ratings` tests accuracy > 0.5 with an exact
-one-sided binomial test (`scipy.stats.binomtest`) and gives a Clopper-Pearson interval.
+Two steps that never meet: `save_study` writes what the reader gets (tile PNGs with neutral ids, the blinded grid and
+an empty ``ratings.csv``) and, in a separate folder, the key. The reader fills ``ratings.csv`` by hand — no code here
+fills it. `unblind` refuses to open the key until every tile is rated (`require_complete`), then tests the reader's
+accuracy against chance (0.5) with an exact one-sided binomial test (`scipy.stats.binomtest`, H1: accuracy > 0.5)
+and gives a Clopper-Pearson interval.
 """
 
 from __future__ import annotations
@@ -47,9 +50,11 @@ class ReaderResult:
         return asdict(self)
 
     def summary(self) -> str:
-        verdict = "better than chance" if self.p_value < 0.05 else "not distinguishable from chance"
-        return (f"{self.correct}/{self.n} correct, accuracy {self.accuracy:.2f} (95% CI {self.ci_low:.2f}–"
-                f"{self.ci_high:.2f}); exact binomial test vs {self.chance}: p = {self.p_value:.3g} ({verdict} at 5%)")
+        verdict = ("the reader tells synthetic from real better than chance" if self.p_value < 0.05 else
+                   "the reader does not tell synthetic from real better than chance")
+        return (f"{self.correct}/{self.n} correct, accuracy {self.accuracy:.2f} (95% Clopper-Pearson CI "
+                f"{self.ci_low:.2f}–{self.ci_high:.2f}); exact one-sided binomial test of accuracy > {self.chance}: "
+                f"p = {self.p_value:.3g} ({verdict}, at the 5% level)")
 
 
 def make_study(real: NDArray[np.uint8], synthetic: NDArray[np.uint8], *, seed: int = 0) -> ReaderStudy:
@@ -70,28 +75,45 @@ def make_study(real: NDArray[np.uint8], synthetic: NDArray[np.uint8], *, seed: i
     return ReaderStudy(tuple(f"tile_{i + 1:03d}" for i in range(len(tiles))), tiles[order], tuple(key[order]))
 
 
-def save_study(study: ReaderStudy, folder: str | Path) -> dict[str, Path]:
-    """Write the blinded tiles (PNG, by id), a ratings sheet to fill in, and the key in a separate file.
+def default_key_dir(folder: str | Path) -> Path:
+    """Where `save_study` puts the key by default: a sibling folder ``<folder>-key``."""
+    folder = Path(folder)
+    return folder.parent / f"{folder.name}-key"
+
+
+def save_study(study: ReaderStudy, folder: str | Path, key_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write what the reader gets into ``folder`` — blinded tiles (PNG, by id), the blinded grid (``grid.png``) and
+    an empty ratings sheet — and the key into ``key_dir`` (default `default_key_dir`), never into ``folder``.
 
     Returns:
-        {'tiles': folder of PNGs, 'ratings': ratings CSV (id, rating), 'key': key JSON — give readers only the first two}.
+        {'tiles': folder of PNGs, 'grid': the grid PNG, 'ratings': ratings CSV (id, rating), 'key': key JSON}.
+
+    Raises:
+        ValueError: ``key_dir`` inside ``folder`` (the reader would receive the key).
     """
     folder = Path(folder)
+    key_dir = Path(key_dir) if key_dir is not None else default_key_dir(folder)
+    if key_dir.resolve().is_relative_to(folder.resolve()):
+        msg = f"the key folder {key_dir} is inside the reader's folder {folder}; keep the key apart"
+        raise ValueError(msg)
     tiles_dir = folder / "tiles"
     tiles_dir.mkdir(parents=True, exist_ok=True)
     for tid, tile in zip(study.ids, study.tiles):
         Image.fromarray(tile).save(tiles_dir / f"{tid}.png")
+    grid = folder / "grid.png"
+    blinded_grid_figure(study).savefig(grid, dpi=80)
     ratings = folder / "ratings.csv"
     if not ratings.exists():  # never overwrite ratings already recorded
         with ratings.open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["id", "rating"])
             writer.writerows([tid, ""] for tid in study.ids)
-    key = folder / "key.json"
+    key_dir.mkdir(parents=True, exist_ok=True)
+    key = key_dir / "key.json"
     tmp = key.with_name(f".key.json.{os.getpid()}.partial")
     tmp.write_text(json.dumps(dict(zip(study.ids, study.key)), indent=1))
     os.replace(tmp, key)
-    return {"tiles": tiles_dir, "ratings": ratings, "key": key}
+    return {"tiles": tiles_dir, "grid": grid, "ratings": ratings, "key": key}
 
 
 def record_ratings(path: str | Path, ratings: Mapping[str, str]) -> None:
@@ -168,14 +190,51 @@ def blinded_grid_figure(study: ReaderStudy, columns: int = 6) -> Any:
     return fig
 
 
-def stand_in_ratings(study: ReaderStudy) -> dict[str, str]:
-    """A rule-based stand-in for a human reader, for demonstrations and CI only: it calls the less sharp half of the
-    tiles 'synthetic' (variance of the Laplacian). Replace its output with a clinician's ratings."""
-    from validation.morphology import sharpness
+def require_complete(path: str | Path, ids: Sequence[str]) -> dict[str, str]:
+    """The ratings in ``path`` when every tile in ``ids`` is rated 'real' or 'synthetic'.
 
-    values = np.array([sharpness(t) for t in study.tiles])
-    cut = np.median(values)
-    return {tid: ("synthetic" if v < cut else "real") for tid, v in zip(study.ids, values)}
+    Raises:
+        ValueError: tiles without a rating, with another word, or rows for unknown tiles — naming them, so the key
+            stays closed until the reader has finished.
+    """
+    with Path(path).open(newline="") as fh:
+        rows = {row["id"]: (row.get("rating") or "").strip().lower() for row in csv.DictReader(fh)}
+    missing = [t for t in ids if not rows.get(t)]
+    bad = {t: v for t, v in rows.items() if v and v not in LABELS}
+    unknown = sorted(set(rows) - set(ids))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of {len(ids)} tiles have no rating ({', '.join(missing[:5])}"
+                        f"{', …' if len(missing) > 5 else ''})")
+    if bad:
+        problems.append(f"ratings other than 'real' or 'synthetic': {dict(list(bad.items())[:5])}")
+    if unknown:
+        problems.append(f"rows for tiles not in the study: {unknown[:5]}")
+    if problems:
+        msg = (f"{path} is not complete: " + "; ".join(problems) + ". The key stays closed: rate every tile 'real' or "
+               "'synthetic' in the rating column, save, and run the unblinding again.")
+        raise ValueError(msg)
+    return {t: rows[t] for t in ids}
+
+
+def unblind(study_dir: str | Path, key_path: str | Path) -> tuple[ReaderResult, str]:
+    """Check the reader's ``ratings.csv`` in ``study_dir`` against the tiles there (`require_complete`) before the
+    key is read at all; then score the reader (`score_ratings`) and tabulate every tile (`unblinded_table`).
+
+    Raises:
+        ValueError: ratings incomplete (see `require_complete`); FileNotFoundError: no tiles or no key.
+    """
+    study_dir, key_path = Path(study_dir), Path(key_path)
+    ids = sorted(p.stem for p in (study_dir / "tiles").glob("*.png"))
+    if not ids:
+        msg = f"no tiles in {study_dir / 'tiles'}; run the preparation step first"
+        raise FileNotFoundError(msg)
+    ratings = require_complete(study_dir / "ratings.csv", ids)
+    if not key_path.is_file():
+        msg = f"no key at {key_path}; unblinding needs the key.json that the preparation step wrote"
+        raise FileNotFoundError(msg)
+    key = json.loads(key_path.read_text())
+    return score_ratings(ratings, key), unblinded_table(ratings, key)
 
 
 def unblinded_table(ratings: Mapping[str, str], key: Mapping[str, str]) -> str:

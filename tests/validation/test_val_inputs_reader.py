@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from validation.inputs import crop_grid, expand_paths, load_tileset
-from validation.reader_study import make_study, read_ratings, record_ratings, save_study, score_ratings
+from validation.reader_study import make_study, read_ratings, record_ratings, save_study, score_ratings, unblind
 
 
 def _image(path, w, h, value=100):
@@ -62,7 +62,7 @@ def test_binomial_test_of_reader_accuracy_matches_hand_computation():
     assert result.p_value == pytest.approx(79 / 4096, rel=1e-9)
     assert result.ci_low < 0.833 < result.ci_high and "better than chance" in result.summary()
     chance = score_ratings({t: "real" for t in key}, key)
-    assert chance.accuracy == 0.5 and chance.p_value > 0.5 and "not distinguishable" in chance.summary()
+    assert chance.accuracy == 0.5 and chance.p_value > 0.5 and "does not tell synthetic from real better than chance" in chance.summary()
     with pytest.raises(ValueError, match=r"ratings must be one of \('real', 'synthetic'\)"):
         score_ratings({"t0": "maybe"}, key)
     with pytest.raises(ValueError, match="not in the key"):
@@ -76,12 +76,31 @@ def test_study_is_shuffled_blinded_and_ratings_survive_a_rerun(tmp_path):
     truth = ["real" if t.max() == 0 else "synthetic" for t in study.tiles]
     assert list(study.key) == truth and sorted(study.key).count("real") == 4
     assert list(study.key) != ["real"] * 4 + ["synthetic"] * 3  # shuffled
-    files = save_study(study, tmp_path)
+    files = save_study(study, tmp_path / "study")
     assert json.loads(files["key"].read_text()) == dict(zip(study.ids, study.key))
+    assert files["key"].parent == tmp_path / "study-key" and files["grid"].is_file()  # the key is not in the reader's folder
     assert sorted(p.name for p in files["tiles"].iterdir()) == [f"tile_{i:03d}.png" for i in range(1, 8)]
     assert read_ratings(files["ratings"]) == {}
     record_ratings(files["ratings"], {"tile_001": "real"})
-    save_study(study, tmp_path)  # a rerun must not wipe recorded ratings
+    save_study(study, tmp_path / "study")  # a rerun must not wipe recorded ratings
     assert read_ratings(files["ratings"]) == {"tile_001": "real"}
     with pytest.raises(ValueError, match="same shape"):
         make_study(real, np.zeros((2, 4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="inside the reader's folder"):
+        save_study(study, tmp_path / "study", tmp_path / "study" / "key")
+
+
+def test_unblinding_refuses_until_every_tile_is_rated(tmp_path):
+    study = make_study(np.zeros((3, 8, 8, 3), np.uint8), np.full((3, 8, 8, 3), 255, np.uint8), seed=2)
+    files = save_study(study, tmp_path / "study")
+    with pytest.raises(ValueError, match=r"6 of 6 tiles have no rating .* The key stays closed"):
+        unblind(tmp_path / "study", files["key"])
+    files["ratings"].write_text("id,rating\n" + "".join(f"{t},real\n" for t in study.ids[:5]) + f"{study.ids[5]},maybe\n")
+    with pytest.raises(ValueError, match=r"other than 'real' or 'synthetic': \{'tile_006': 'maybe'\}"):
+        unblind(tmp_path / "study", files["key"])
+    truth = dict(zip(study.ids, study.key))
+    record_ratings(files["ratings"], truth)  # the reader (here: the test) rates every tile, all correct
+    result, table = unblind(tmp_path / "study", files["key"])
+    assert (result.correct, result.n) == (6, 6) and result.p_value == pytest.approx(0.5 ** 6)
+    assert "exact one-sided binomial test of accuracy > 0.5: p = 0.0156" in result.summary()
+    assert table.count("✓") == 6

@@ -47,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
         n_resamples=args.resamples, seed=args.seed)
     result = run_validation(args.real, args.synthetic, args.out, training=args.training, config=config,
                             write_html=not args.no_html)
-    print(f"wrote {args.out}/metrics.json" + ("" if args.no_html else f" and {args.out}/report.html"))
+    print(f"wrote {args.out}/metrics.json, {args.out}/summary.md" + ("" if args.no_html else f" and {args.out}/report.html"))
+    for verdict in result.metrics["verdicts"].values():
+        print(verdict["text"])
+    if result.metrics["reference_warning"]:
+        print(result.metrics["reference_warning"]["text"])
+    print(f"memorisation check: {result.metrics['memorisation_status']}")
     print(f"feature extractor: {result.metrics['feature_extractor']}")
     for line in result.metrics["findings"] or ["no difference beyond the real-vs-real reference"]:
         print(f"- {line}")

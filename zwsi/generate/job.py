@@ -152,8 +152,10 @@ class SlideJob:
             extra={
                 "report_id": getattr(report, "id", "text"),
                 "report_text_sha256": getattr(report, "text_sha256", None) or sha256_text(str(report)),
+                # the screened text the model saw (redacted under "redact"); not copied under "allow", which skips
+                # the PHI screen
                 "conditioning": {"encoder": cond.encoder, "n_tokens": cond.n_tokens, "truncated": cond.truncated,
-                                 "phi_policy": phi_policy},
+                                 "phi_policy": phi_policy} | ({} if phi_policy == "allow" else {"text": cond.text}),
                 "model": model_name, "request": self.request,
                 "ladder_mpp": [lv.mpp for lv in plan.levels],
                 "plan": dataclasses.asdict(plan.config),  # window geometry: `zwsi validate` checks every border

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from slide_io import open_slide, read_provenance
+from slide_io import open_slide, read_provenance, sha256_text
 from zwsi.cli import main
 from zwsi.generate.cohort import (
     MANIFEST_COLUMNS,
@@ -69,6 +69,8 @@ def test_generate_command_writes_a_synthetic_slide(tmp_path: Path, capsys: pytes
         assert slide.properties["openslide.vendor"] == "aperio" and slide.objective_power == 5  # svs: 10 / 2 µm/px
     prov = read_provenance(out)
     assert prov is not None and prov.seed == 4 and prov.extra["report_id"] == "report"
+    # the screened conditioning text is recorded (for `zwsi validate`'s report) and is the text the hash covers
+    assert sha256_text(prov.extra["conditioning"]["text"]) == prov.report_sha256
     assert not (tmp_path / "slide.tiff.work").exists()
 
 
