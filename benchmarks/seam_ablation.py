@@ -1,7 +1,7 @@
 """Seams and layout of generated slides, with and without overlapping windows, for one or more models.
 
-For every model, overlap setting and seed, the README quickstart slide (examples/report_skin_example.txt, 4,000 µm
-square at 0.5 µm/px) is generated and measured on the decoded levels themselves (the work folder's pixel store, at
+For every model, overlap setting and seed, the README quickstart slide (examples/report_skin_example.txt, a
+`--size-um` square at 0.5 µm/px, default the quickstart's 2,000 µm) is generated and measured on the decoded levels themselves (the work folder's pixel store, at
 each level's own µm/px and window grid):
 
 * seam score (border / inside gradient energy over every window border, `validation.seams.seam_report`) and the
@@ -53,7 +53,8 @@ def measure(levels: dict[float, np.ndarray], window: int) -> dict[str, object]:
     return out
 
 
-def generate(folder: str, overlap: int, seed: int, out: Path) -> tuple[dict[float, np.ndarray], int, float]:
+def generate(folder: str, overlap: int, seed: int, out: Path, size_um: float
+             ) -> tuple[dict[float, np.ndarray], int, float]:
     """Generate the quickstart slide; its decoded levels, window px and seconds."""
     from slide_io import WindowStore
     from zwsi.generate.pipeline import SlideGenerator
@@ -61,7 +62,7 @@ def generate(folder: str, overlap: int, seed: int, out: Path) -> tuple[dict[floa
     gen = SlideGenerator.from_pretrained(folder, overrides={"overlap_tokens": overlap, "plan_override": True})
     path = out / f"slide-o{overlap}-s{seed}.tiff"
     start = time.perf_counter()
-    result = gen.generate(REPORT.read_text(), width_um=4000, height_um=4000, mpp=0.5, seed=seed, out=path,
+    result = gen.generate(REPORT.read_text(), width_um=size_um, height_um=size_um, mpp=0.5, seed=seed, out=path,
                           keep_work=True, progress=False)
     seconds = time.perf_counter() - start
     store = WindowStore.open(path.parent / f"{path.name}.work" / "pixels.zarr", mode="r")
@@ -79,6 +80,7 @@ def main() -> None:
     p.add_argument("--model", action="append", required=True, help="LABEL=FOLDER (repeatable)")
     p.add_argument("--overlap", type=int, nargs="+", default=[0, 1])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--size-um", type=float, default=2000.0, help="side of the square slide (the quickstart's)")
     p.add_argument("--real", default=None, help="a real slide measured the same way (level 0)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -99,7 +101,7 @@ def main() -> None:
             for seed in args.seeds:
                 if (label, overlap, seed) in have:
                     continue
-                levels, window, seconds = generate(folder, overlap, seed, args.out)
+                levels, window, seconds = generate(folder, overlap, seed, args.out, args.size_um)
                 rows.append({"model": label, "overlap": overlap, "seed": seed, "seconds": seconds,
                              **measure(levels, window)})
                 (args.out / "ablation.json").write_text(json.dumps(rows, indent=1))
