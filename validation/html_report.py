@@ -192,17 +192,43 @@ def _flagged_pairs(result: Any, key: str) -> str:
     return f"<h3>Flagged near-copies ({len(mem.flagged)})</h3>" + "".join(cells)
 
 
+def draw_flagged_seams(thumb: Image.Image, seams: dict[str, Any], thumb_mpp: float) -> tuple[Image.Image, int]:
+    """The thumbnail with every flagged window-border segment of ``seams`` (a slide's ``metrics.json`` seam entries,
+    positions in px at each entry's µm/px) drawn as a red line; also how many were drawn."""
+    from PIL import ImageDraw
+
+    out = thumb.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    drawn = 0
+    for seam in seams.values():
+        if "mpp" not in seam:
+            continue
+        scale = seam["mpp"] / thumb_mpp  # level px -> thumbnail px
+        for s in seam["flagged"]:
+            p, a, b = s["position"] * scale, s["start"] * scale, s["end"] * scale
+            line = [(p, a), (p, b)] if s["axis"] == "x" else [(a, p), (b, p)]
+            draw.line(line, fill=(230, 0, 0), width=2)
+            drawn += 1
+    return out, drawn
+
+
 def _thumbnails(result: Any) -> str:
     import slide_io
 
+    checks = {role: {s["path"]: s for s in slides} for role, slides in result.metrics.get("slides", {}).items()}
     figs = []
     for role, ts in (("real", result.real), ("synthetic", result.synthetic)):
         if ts.slides:
             with slide_io.open_slide(ts.slides[0]) as slide:
                 thumb = slide.get_thumbnail((480, 480))
                 mpp = slide.mpp.x * slide.dimensions[0] / thumb.size[0]
+            note = ""
+            seams = checks.get(role, {}).get(str(ts.slides[0]), {}).get("seams", {})
+            if seams:
+                thumb, drawn = draw_flagged_seams(thumb, seams, mpp)
+                note = f"; {drawn} flagged window borders in red" if drawn else "; no flagged window borders"
             figs.append(f"<figure>{img_tag(with_scale_bar(thumb, mpp), role)}<figcaption>{role}: "
-                        f"{html.escape(ts.slides[0].name)} (whole slide)</figcaption></figure>")
+                        f"{html.escape(ts.slides[0].name)} (whole slide{note})</figcaption></figure>")
         else:
             key, first = next(iter(ts.levels.items()))
             figs.append(f"<figure>{img_tag(montage(first.tiles, mpp=first.mpp), role)}<figcaption>{role}: first "

@@ -307,7 +307,7 @@ def _slide_checks(tileset: TileSet, mpps: Sequence[float], window: int | None, s
                     continue
                 rep = slide_seam_report(slide, mpp, side, seed=seed)
                 if math.isfinite(rep.score):
-                    seams[level_key(mpp)] = rep.to_dict() | {"window": side}
+                    seams[level_key(mpp)] = rep.to_dict() | {"window": side, "mpp": mpp}
             out.append({"name": path.name, "path": str(path), "dimensions": list(slide.dimensions),
                         "level_count": slide.level_count, "mpp": slide.mpp.x, "synthetic": slide.is_synthetic,
                         "seams": seams,
