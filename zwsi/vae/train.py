@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -239,7 +240,7 @@ class VAETrainer(TrainLoop):
             "scaling_factor": round(1.0 / std, 6),
             "shift_factor": round(mean, 6),
             "held_out_cmu": held_out_metrics(shipped, self.val_sets),
-            "final_train_loss": self.last_loss,
+            "final_train_loss": self.last_loss if math.isfinite(self.last_loss) else None,  # none: nothing trained
         }
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         with open(self.out / METRICS_NAME, "a") as fh:  # the core's log is closed once the loop ends
