@@ -104,5 +104,6 @@ def run_command(command: str, func: Any, args: Any) -> int:
         line = describe_user_error(exc)
         if line is None:
             raise
+        line = " ".join(line.split())  # one line, even for messages that carry a parser's multi-line context
         print(f"zwsi {command}: {line}", file=sys.stderr)
         return EXIT_USER_ERROR

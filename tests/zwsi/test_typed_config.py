@@ -72,8 +72,9 @@ def test_yaml_files_overrides_and_yaml_1_2_floats(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="list.yaml must hold a mapping at the top level, got list"):
         read_yaml(tmp_path / "list.yaml")
     (tmp_path / "bad.yaml").write_text("a: [1\n")
-    with pytest.raises(ValueError, match="bad.yaml is not valid YAML"):
+    with pytest.raises(ValueError, match="bad.yaml is not valid YAML") as bad:
         read_yaml(tmp_path / "bad.yaml")
+    assert "\n" not in str(bad.value)  # one line for the CLI's error line
     with pytest.raises(FileNotFoundError, match="training config .*missing.yaml does not exist"):
         read_yaml(tmp_path / "missing.yaml", "training config")
     (tmp_path / "typo.yaml").write_text("inner: {sise: 3}\n")

@@ -88,6 +88,11 @@ def _slide_args(p: argparse.ArgumentParser) -> None:
 def _generator(args: argparse.Namespace) -> Any:
     from zwsi.generate.pipeline import SlideGenerator
 
+    if args.no_progress:  # transformers draws a "Loading weights" bar for the text encoder otherwise
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
     overrides = {"batch_size": args.batch_size, "phi_policy": args.phi_policy, "device": args.device,
                  "compression": args.compression, "format": args.format}
     return SlideGenerator.from_pretrained(args.model, random_init=args.random_init, config=args.config,
@@ -102,8 +107,23 @@ def _request(args: argparse.Namespace) -> Any:
 
 
 def _fail(command: str, exc: BaseException) -> int:
-    print(f"zwsi {command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    line = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, even for a YAML parser's context lines
+    print(f"zwsi {command}: {line}", file=sys.stderr)
     return 2
+
+
+def _preflight(gen: Any, report: Any, request: Any, out: Path) -> None:
+    """The cheap checks `generate_request` makes, made before the job's estimate is printed, so that a refused job
+    prints one line: the name against the config's format, steps and guidance, the PHI screen, a writable folder."""
+    import tempfile
+
+    from zwsi.generate.job import check_output
+
+    check_output(out, gen.config.format)
+    request.resolved(gen.config)
+    gen.conditioning(report)
+    with tempfile.TemporaryFile(dir=out.parent, prefix=".zwsi-probe-"):  # OSError: read-only, no permission, ...
+        pass
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -132,6 +152,7 @@ def run_generate(args: argparse.Namespace) -> int:
         request = _request(args)
         gen = _generator(args)
         check_geometry(gen.config.plan.window_tokens, args.max_window_tokens)
+        _preflight(gen, report, request, args.out)
         estimate = estimate_job(gen.plan(args.width_um, args.height_um, args.mpp, args.seed), gen.config.compression)
         check_disk(estimate, args.out.parent)
         if int(os.environ.get("RANK", "0")) == 0:

@@ -120,6 +120,10 @@ def run_prepare(args: argparse.Namespace) -> int:
         records = load_reports(args.reports)
         mapping = read_match_csv(args.match) if args.match else None
         args.out.mkdir(parents=True, exist_ok=True)
+        if args.no_progress:  # transformers draws a "Loading weights" bar for the text encoder otherwise
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         vae, text_encoder, vae_path = _models(args)
         plan = PlanConfig(window_tokens=args.window_tokens, context_tokens=args.context_tokens,
                           overlap_tokens=args.overlap_tokens,

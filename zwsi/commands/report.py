@@ -121,7 +121,10 @@ def run_check(args: argparse.Namespace) -> int:
         print()
     else:
         _print_text(result, cond.normalization.summary())
-    return 2 if refused else 0
+    if refused:  # the analysis above is on stdout; the refusal is also the one error line every command gives
+        print(f"zwsi report check: PhiFoundError: {refused}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _print_text(r: dict[str, Any], edit_summary: dict[str, int]) -> None:

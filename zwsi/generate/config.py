@@ -16,6 +16,7 @@ Model folders written before the plan was nested state its four keys (``window_t
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,10 @@ class GenerateConfig:
     plan_override: bool = False
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # YAML's .nan and .inf pass every `<` and `>` check below
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"generate config: {f.name} must be a finite number, got {value}")
         for name in ("batch_size", "steps", "vae_tile", "tile_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -100,7 +100,9 @@ def test_generate_command_errors_exit_2(argv: list[str], message: str, tmp_path:
                                         capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["generate", *argv, "--out", str(tmp_path / "s.tiff"), "--seed", "1", *TINY_SLIDE])
     assert code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.splitlines()) == 1, err  # the refusal alone: no estimate line before it
     assert not (tmp_path / "s.tiff").exists()
 
 
@@ -181,6 +183,8 @@ def test_generate_cohort_command(reports_csv: Path, tmp_path: Path, capsys: pyte
                                         "limit of 256"),
         ([], "batch_size: [1\n", "not valid YAML"),
         ([], "batch_size: !!python/object/apply:os.system ['echo hacked']\n", "not valid YAML"),
+        ([], "guidance: .nan\n", "generate config: guidance must be a finite number, got nan"),
+        (["--out", "s.png"], None, "SlideFormatError: output 's.png' does not fit format 'svs'"),
     ],
 )
 def test_hostile_sizes_and_configs_exit_2_before_work(extra: list[str], config_text: str | None, message: str,
@@ -193,6 +197,7 @@ def test_hostile_sizes_and_configs_exit_2_before_work(extra: list[str], config_t
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and "hacked" not in err
+    assert len(err.splitlines()) == 1, err  # one line, even for a YAML parser's multi-line message
     assert sorted(p.name for p in tmp_path.iterdir()) == (["c.yaml"] if config_text is not None else [])
 
 
