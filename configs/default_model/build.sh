@@ -2,7 +2,7 @@
 # Rebuild the built-in default model (zwsi/default_model) with the project's own commands. Every step resumes:
 # rerun the script after an interruption.
 #
-#   bash configs/default_model/build.sh                  # CPU: ~75 min on 2 cores, from the repository root, in the venv
+#   bash configs/default_model/build.sh                  # CPU: ~40 min on 2 cores (2,400 steps at ~0.75 s), from the repository root, in the venv
 #   bash configs/default_model/build.sh --device cuda    # GPU recipe: the transformer only, larger (configs/train/
 #                                                        # zwsi-small-gpu.yaml), on the shipped codec; ~8 min on an H200
 #   RUN=runs/my-default bash configs/default_model/build.sh
@@ -26,7 +26,7 @@ ZWSI=${ZWSI:-zwsi}
 TRAIN_CONFIG=configs/train/zwsi-small.yaml
 [ "$DEVICE" = cpu ] || TRAIN_CONFIG=configs/train/zwsi-small-gpu.yaml
 GEOMETRY="--mpp 0.5 --coarsest-mpp 2 --factor 4 --window-tokens 16 --context-tokens 2 --overlap-tokens 1
-  --overview-margin 2 --patch-size 4 --encode-margin 2"
+  --overview-margin 2 --patch-size 2 --encode-margin 2"
 mkdir -p "$RUN/slides/train" "$RUN/slides/holdout"
 
 # Every training step resumes the same way: `--resume RUN` when RUN holds a checkpoint (zwsi train and train-vae).
@@ -52,7 +52,7 @@ elif [ ! -f "$CODEC/config.json" ]; then
   $ZWSI train-vae --config configs/vae/taef1.yaml --out "$RUN/codec" --no-progress
 fi
 
-# 2. the datasets: tissue windows on the 2 -> 0.5 µm/px ladder, 16-token (512 px) windows of the patch-4 model
+# 2. the datasets: tissue windows on the 2 -> 0.5 µm/px ladder, 16-token (256 px) windows of the patch-2 model
 #    with 1-token overlapping targets, from 4 x 4 shifted grids of each of the 8 orientations (128 entries of one
 #    patient); the description encoded by the offline MiniLM
 $ZWSI prepare --slides "$RUN/slides/train" --reports configs/default_model/CMU-1-Small-Region.txt \
@@ -61,7 +61,7 @@ $ZWSI prepare --slides "$RUN/slides/train" --reports configs/default_model/CMU-1
 $ZWSI prepare --slides "$RUN/slides/holdout/CMU-1-Small-Region.tif" --reports configs/default_model/CMU-1-Small-Region.txt \
   --out "$RUN/dataset-holdout" --vae "$CODEC" --text-encoder minilm $GEOMETRY --device "$DEVICE" --no-progress
 
-# 3. the zwsi-small transformer from DiT's initialisation (x-prediction, shift 3 for training and sampling)
+# 3. the zwsi-small transformer from DiT's initialisation (x-prediction, patch 2, shift 1 for training and sampling)
 if [ ! -d "$RUN/train/final/ema-transformer" ]; then
   $ZWSI train --config "$TRAIN_CONFIG" --dataset "$RUN/dataset" --out "$RUN/train" $(resume "$RUN/train")
 fi
@@ -79,5 +79,7 @@ for part in transformer vae text_encoder scheduler; do
   cp -r "$RUN/model/$part" zwsi/default_model/
 done
 cp "$RUN/model/zwsi_generate.yaml" "$RUN/model/model_index.json" "$RUN/model/zwsi_plan.json" zwsi/default_model/
+# TAEF1 is MIT: its licence and attribution travel with its weights
+cp ../shared/weights/taef1/LICENSE zwsi/default_model/vae/LICENSE-TAEF1
 chmod -R a+rX zwsi/default_model
 du -sh zwsi/default_model

@@ -2,7 +2,7 @@
 
     zwsi generate --report report.txt --out slide.svs --width-um 2000 --height-um 1500 --mpp 0.5 --seed 7 \\
         --model /models/Z-Image-Turbo [--steps 8] [--guidance 0] [--format svs|ome-tiff|tiff]
-    zwsi generate --report examples/report_skin_example.txt --out demo.tiff --width-um 4000 --height-um 4000 \\
+    zwsi generate --report examples/report_skin_example.txt --out demo.tiff --width-um 2000 --height-um 2000 \\
         --mpp 0.5 --seed 0                                               # the built-in default model (CPU)
     zwsi generate --text "Invasive ductal carcinoma, grade 2." --out s.tiff --width-um 400 --height-um 300 \\
         --mpp 2 --seed 1 --model tiny --random-init                      # random weights: tests, benchmarks

