@@ -20,6 +20,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,27 @@ from torch import Tensor
 from zwsi.vae.tiling import iter_tiled, tiled_apply
 
 CONFIG_NAME = "config.json"
+
+
+class _DropTinyBlockOutChannels(logging.Filter):
+    """diffusers' ``AutoencoderTiny`` registers ``block_out_channels`` in the config it saves, then warns on loading
+    that config that the key is unexpected; the key is redundant (it repeats ``decoder_block_out_channels``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("block_out_channels" in message and "AutoencoderTiny" in message and "not expected" in message)
+
+
+@contextlib.contextmanager
+def _quiet_tiny_block_out_channels() -> Iterator[None]:
+    """Drop only that one diffusers warning while a VAE loads; every other message passes."""
+    logger = logging.getLogger("diffusers.configuration_utils")
+    flt = _DropTinyBlockOutChannels()
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
 
 
 class VAE:
@@ -86,7 +109,8 @@ class VAE:
         classes = {"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}
         if name not in classes:
             raise ValueError(f"{folder / CONFIG_NAME} names _class_name {name!r}; expected one of {sorted(classes)}")
-        autoencoder = classes[name].from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
+        with _quiet_tiny_block_out_channels():
+            autoencoder = classes[name].from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
         return cls(autoencoder.to(device), dtype=dtype)
 
     @property

@@ -50,14 +50,17 @@ def test_taef1_folder_without_weights_names_what_is_missing(tmp_path: Path) -> N
         taef1_autoencoder(tmp_path)
 
 
-def test_vae_wrapper_round_trips_a_saved_autoencoder_tiny(tmp_path: Path) -> None:
+def test_vae_wrapper_round_trips_a_saved_autoencoder_tiny(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(0)
     model = AutoencoderTiny(latent_channels=16, encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4,
                             scaling_factor=0.8, shift_factor=0.1)
     model.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    capfd.readouterr()
     vae = VAE.from_folder(tmp_path)  # the hub layout: vae/ inside the folder
+    # diffusers saves a redundant block_out_channels key, then warns on loading it: users see no such warning
+    assert "block_out_channels" not in capfd.readouterr().err
     assert vae.tiny and (vae.scaling_factor, vae.shift_factor, vae.spatial_factor) == (0.8, 0.1, 8)
     rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     z = vae.encode(rgb)
