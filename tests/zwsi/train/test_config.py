@@ -24,6 +24,20 @@ def test_shipped_configs_load(name: str) -> None:
         assert cfg.model.preset == "tiny" and cfg.model.overrides == {"cap_feat_dim": 384}
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_train_config_loads_under_its_own_name(path: Path) -> None:
+    assert load_train_config(path).name == path.stem
+
+
+def test_gpu_recipe_trains_what_the_cpu_build_prepares() -> None:
+    """build.sh --device cuda trains on the CPU build's dataset: patch and objective must be the same."""
+    cpu, gpu = (load_train_config(CONFIGS / f"{name}.yaml") for name in ("zwsi-small", "zwsi-small-gpu"))
+    assert cpu.model.overrides["all_patch_size"] == gpu.model.overrides["all_patch_size"] == [2]
+    assert (cpu.objective.shift, cpu.objective.prediction, cpu.objective.timesteps) == (1.0, "sample", "logit-normal")
+    assert (gpu.objective.shift, gpu.objective.prediction, gpu.objective.timesteps) == (1.0, "sample", "logit-normal")
+    assert cpu.data.level_weights == gpu.data.level_weights == [0.7, 0.3]
+
+
 def test_unknown_key_is_an_error_naming_it() -> None:
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['optim.lrate'\]; valid keys at optim are \[.*'lr'"):
         from_dict({"model": {"preset": "tiny"}, "optim": {"lrate": 1e-3}})
