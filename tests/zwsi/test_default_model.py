@@ -39,15 +39,25 @@ def test_ships_every_part_within_25_mb_with_a_model_card() -> None:
 
 
 def test_loads_without_a_name_as_the_zwsi_small_pipeline(default: SlideGenerator) -> None:
-    from zwsi.model import S3DiTConfig
+    """v2: zwsi-small at patch 2 on TAEF1, shift 1 and x-prediction as trained, the plan carried by the folder."""
+    import dataclasses
 
-    assert default.transformer.config == S3DiTConfig.preset("zwsi-small")
-    assert sum(p.numel() for p in default.transformer.parameters()) == 2_039_680
-    assert (default.vae.latent_channels, default.vae.spatial_factor) == (16, 8)
-    assert default.text_encoder.feature_dim == 384 and default.shift == 3.0
+    from zwsi.model import S3DiTConfig
+    from zwsi.training_plan import TrainingPlan
+
+    assert default.transformer.config == dataclasses.replace(S3DiTConfig.preset("zwsi-small"), all_patch_size=(2,))
+    assert sum(p.numel() for p in default.transformer.parameters()) == 1_990_336
+    assert default.vae.tiny and (default.vae.latent_channels, default.vae.spatial_factor) == (16, 8)  # TAEF1
+    assert (default.vae.scaling_factor, default.vae.shift_factor) == (0.831273, 0.099421)  # measured on H&E
+    assert default.text_encoder.feature_dim == 384 and default.shift == 1.0
     cfg = default.config
-    assert (cfg.plan.window_tokens, cfg.plan.context_tokens, cfg.vae_tile, cfg.steps, cfg.dtype) == (16, 2, 16, 8, "fp32")
-    assert (cfg.plan.patch_size, cfg.plan.vae_factor, cfg.plan.latent_channels) == (4, 8, 16)  # the model's own
+    assert (cfg.plan.window_tokens, cfg.plan.context_tokens, cfg.plan.overlap_tokens, cfg.vae_tile, cfg.steps,
+            cfg.dtype, cfg.tissue) == (16, 2, 1, 32, 8, "fp32", False)
+    assert (cfg.plan.patch_size, cfg.plan.vae_factor, cfg.plan.latent_channels) == (2, 8, 16)  # the model's own
+    plan = TrainingPlan.read(FOLDER)
+    assert plan is not None and (plan.shift, plan.prediction, plan.plan["patch_size"]) == (1.0, "sample", 2)
+    assert (plan.final_mpp, plan.coarsest_mpp) == (0.5, 2.0)
+    assert (FOLDER / "vae" / "LICENSE-TAEF1").read_text().startswith("MIT License")  # TAEF1's licence travels with it
     assert SlideGenerator.from_pretrained("default").model_sha256 == default.model_sha256
     with pytest.raises(ValueError, match="the built-in default model has trained weights"):
         SlideGenerator.from_pretrained(random_init=True)
