@@ -56,6 +56,9 @@ def process_group(device: str | None = None) -> ProcessGroup:
     from accelerate import PartialState
 
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    if state.num_processes != world:  # e.g. a state made single-process earlier in this (forked) process
+        raise RuntimeError(f"WORLD_SIZE={world} in the environment but accelerate's process state has "
+                           f"{state.num_processes} process(es): every process would write the same work store")
     return ProcessGroup(
         rank=state.process_index,
         world_size=state.num_processes,

@@ -89,3 +89,20 @@ def test_the_store_lock_excludes_other_processes_and_nests_within_one(tmp_path: 
     with lock():
         pass
     assert time.monotonic() - start < 5
+
+
+def test_a_single_process_state_under_a_multi_process_launcher_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forked process that inherited a one-process accelerate state would write the shared store unsynchronised."""
+    from accelerate import PartialState
+
+    PartialState._reset_state()
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    PartialState(cpu=True)  # made single-process, as a training test in the same interpreter does
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    try:
+        with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2 in the environment but accelerate's process state has "
+                                               r"1 process\(es\)"):
+            process_group("cpu")
+    finally:
+        PartialState._reset_state()

@@ -21,6 +21,7 @@ import torch
 from reports import PhiFoundError, ReportTruncatedWarning
 from slide_io import WindowStore, banded_tissue_mask, open_slide, read_provenance
 from tests.conftest import shared_file
+from tests.zwsi.generate.generate_testing import Counting
 from zwsi.background import BACKGROUND_RGB, background_latents
 from zwsi.generate import GenerateConfig
 from zwsi.generate.pipeline import SlideGenerator
@@ -180,19 +181,10 @@ def _two_process_worker(rank: int, port: int, out: str, gen: SlideGenerator) -> 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    from accelerate import PartialState
+
+    PartialState._reset_state()  # forked: forget a single-process state an earlier test made in the parent
     gen.generate(REPORT, seed=3, steps=STEPS, out=out, progress=False, **SMALL)
-
-
-class Counting(torch.nn.Module):
-    """The real model, counting the window-forwards it is asked for."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model, self.config, self.forwards = model, model.config, 0
-
-    def forward(self, batch: list[Any]) -> list[torch.Tensor]:
-        self.forwards += len(batch)
-        return self.model(batch)
 
 
 class Killed(RuntimeError):
