@@ -232,18 +232,22 @@ def read_bioformats(path: Path, row: Row) -> None:
     row.levels = resolutions.group(1) if resolutions else "1"
     xml = re.search(r"<\?xml.*?</OME>", text, re.DOTALL)
     if xml:
-        root = ET.fromstring(xml.group(0).encode())
-        images = root.findall(f"{OME}Image")
-        pixels = images[0].find(f"{OME}Pixels") if images else None
-        if pixels is not None and pixels.get("PhysicalSizeX"):
-            row.mpp = _mpp(float(pixels.get("PhysicalSizeX", 0)), float(pixels.get("PhysicalSizeY", 0)))
-        objective = root.find(f"{OME}Instrument/{OME}Objective")
-        if objective is not None and objective.get("NominalMagnification"):
-            row.objective_power = f"{float(objective.get('NominalMagnification', 0)):g}"
-        row.associated = _names([im.get("Name", "") for im in images[1:]])
+        _ome_fields(ET.fromstring(xml.group(0).encode()), row)
     flags = dict(re.findall(r"^\s*(\S*[Ss]ynthetic): (\S+)", text, re.MULTILINE))
     flags |= {f"M {k}": v for k, v in re.findall(r'<M K="(synthetic)">(\w+)</M>', text)}
     row.synthetic = _synthetic(flags or {"original metadata": text if "SYNTHETIC" in text else ""})
+
+
+def _ome_fields(root: ET.Element, row: Row) -> None:
+    """µm/px, objective power and associated-image names from parsed OME-XML into ``row``."""
+    images = root.findall(f"{OME}Image")
+    pixels = images[0].find(f"{OME}Pixels") if images else None
+    if pixels is not None and pixels.get("PhysicalSizeX"):
+        row.mpp = _mpp(float(pixels.get("PhysicalSizeX", 0)), float(pixels.get("PhysicalSizeY", 0)))
+    objective = root.find(f"{OME}Instrument/{OME}Objective")
+    if objective is not None and objective.get("NominalMagnification"):
+        row.objective_power = f"{float(objective.get('NominalMagnification', 0)):g}"
+    row.associated = _names([im.get("Name", "") for im in images[1:]])
 
 
 def read_ome_schema(path: Path, row: Row) -> None:
@@ -264,15 +268,8 @@ def read_ome_schema(path: Path, row: Row) -> None:
     errors = list(xmlschema.XMLSchema(str(OME_XSD)).iter_errors(xml))
     row.opens_as = "valid OME 2016-06" if not errors else f"INVALID: {len(errors)} errors: {str(errors[0])[:60]}"
     root = ET.fromstring(xml.encode())
-    images = root.findall(f"{OME}Image")
     row.levels = f"{1 + subifds} (SubIFDs)"
-    pixels = images[0].find(f"{OME}Pixels")
-    if pixels is not None and pixels.get("PhysicalSizeX"):
-        row.mpp = _mpp(float(pixels.get("PhysicalSizeX", 0)), float(pixels.get("PhysicalSizeY", 0)))
-    objective = root.find(f"{OME}Instrument/{OME}Objective")
-    if objective is not None and objective.get("NominalMagnification"):
-        row.objective_power = f"{float(objective.get('NominalMagnification', 0)):g}"
-    row.associated = _names([im.get("Name", "") for im in images[1:]])
+    _ome_fields(root, row)
     pairs = {f"MapAnnotation {m.get('K')}": m.text for m in root.iter(f"{OME}M")}
     row.synthetic = _synthetic(pairs)
 

@@ -157,3 +157,18 @@ def build_tiny_qwen_tokenizer(folder: Path, *, vocab_size: int = 400) -> Path:
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return folder
+
+
+def build_tiny_qwen_hub(root: Path, *, layers: int) -> Path:
+    """A Z-Image-style hub folder: tokenizer/ (the tiny BPE + Qwen3 chat template) and text_encoder/ (a tiny Qwen3 of
+    ``layers`` layers, seeded, saved in the CausalLM layout the hub uses)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    build_tiny_qwen_tokenizer(root / "tokenizer")
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+                         max_position_embeddings=1024, rms_norm_eps=1e-6)
+    Qwen3ForCausalLM(config).save_pretrained(root / "text_encoder")
+    return root

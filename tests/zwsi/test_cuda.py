@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.zwsi.model.model_testing import randn, random_model
-from zwsi.model import ImageSegment, S3DiTConfig, SequenceSample, grid_positions, report_token_count
+from tests.zwsi.model.model_testing import randn, random_model, relative_error, window_sample
+from zwsi.model import S3DiTConfig
 from zwsi.model import attention as attn_mod
 from zwsi.model.attention import AttentionLayout, attention
 
@@ -33,10 +33,6 @@ LAYOUTS = {
 }
 HALF_ONLY = ("varlen", "flash_attn")  # fp16/bf16 kernels
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def _skip_unavailable(backend: str, dtype: torch.dtype) -> None:
@@ -66,31 +62,20 @@ def test_every_backend_equals_the_math_reference_with_gradients(backend, layout_
             x.grad = None
     (out, grads), (ref, ref_grads) = results[backend], results["math"]
     assert out.shape == ref.shape and out.dtype == dtype
-    assert _rel(out, ref) < TOL[dtype], f"{backend} output differs from math by {_rel(out, ref):.2e}"
+    assert relative_error(out, ref) < TOL[dtype], f"{backend} output differs from math by {relative_error(out, ref):.2e}"
     for g, r, what in zip(grads, ref_grads, "qkv"):
-        assert _rel(g, r) < 2 * TOL[dtype], f"{backend} d{what} differs from math by {_rel(g, r):.2e}"
+        assert relative_error(g, r) < 2 * TOL[dtype], f"{backend} d{what} differs from math by {relative_error(g, r):.2e}"
 
 
 SMALL = S3DiTConfig(dim=256, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=32,
                     axes_dims=(32, 48, 48))  # Turbo's head geometry (128 = 32 + 48 + 48) at a small width
 
 
-def _window(seed: int, t: float, n_report: int, contexts: int = 2, **mask: bool) -> SequenceSample:
-    """A target of 6x5 tokens (30: padded to 32), a left neighbour strip and a fractional overview at depth 1."""
-    lp = report_token_count(n_report)
-    target = ImageSegment(randn(16, 1, 12, 10, seed=seed), grid_positions(lp + 1, 6, 5))
-    ctx = [
-        ImageSegment(randn(16, 1, 12, 4, seed=seed + 1), grid_positions(lp + 1, 6, 2, w0=-2.0)),
-        ImageSegment(randn(16, 1, 6, 6, seed=seed + 2), grid_positions(lp + 2, 3, 3, h0=-1.5, w0=-1.5, step=4.0)),
-    ][:contexts]
-    return SequenceSample(target, t, randn(n_report, 32, seed=seed + 3), ctx, **mask)
-
-
 def _batch(device: torch.device, dtype: torch.dtype) -> list:
     """Three windows of unequal length: two context strips + overview; one strip under the cached-context mask; no
     context and an empty report."""
-    batch = [_window(0, 0.2, 7), _window(10, 0.9, 40, contexts=1, context_attends_target=False),
-             _window(20, 0.5, 0, contexts=0)]
+    batch = [window_sample(0, 0.2, 7), window_sample(10, 0.9, 40, contexts=1, context_attends_target=False),
+             window_sample(20, 0.5, 0, contexts=0)]
     for s in batch:
         s.target.latents = s.target.latents.to(device, dtype)
         s.report = s.report.to(device, dtype)
@@ -110,7 +95,7 @@ def test_full_forward_in_bf16_is_close_to_fp32_on_a_small_config(backend):
         got = bf16(_batch(CUDA, torch.bfloat16))
     for g, w in zip(got, want):
         assert g.dtype == torch.bfloat16 and g.shape == w.shape
-        assert _rel(g, w) < 3e-2, f"bf16 ({backend}) vs fp32: relative error {_rel(g, w):.2e}"
+        assert relative_error(g, w) < 3e-2, f"bf16 ({backend}) vs fp32: relative error {relative_error(g, w):.2e}"
 
 
 def test_sequence_forward_with_context_on_cuda_equals_the_cpu_and_each_sample_alone():
@@ -134,7 +119,7 @@ def test_sequence_forward_with_context_on_cuda_equals_the_cpu_and_each_sample_al
         with torch.no_grad():
             got = half(_batch(CUDA, torch.bfloat16))
         for g, w in zip(got, want):
-            assert _rel(g.cpu(), w) < 3e-2, f"bf16 {backend} on CUDA vs fp32 CPU: {_rel(g.cpu(), w):.2e}"
+            assert relative_error(g.cpu(), w) < 3e-2, f"bf16 {backend} on CUDA vs fp32 CPU: {relative_error(g.cpu(), w):.2e}"
 
 
 def test_a_small_slide_generated_on_cuda_is_identical_for_batch_sizes_1_and_4(tmp_path: Path):

@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
 from slide_io import open_slide, read_provenance, sha256_text
+from tests.zwsi.generate.generate_testing import Counting
 from zwsi.cli import main
 from zwsi.generate.cohort import (
     MANIFEST_COLUMNS,
@@ -43,16 +42,6 @@ def reports_csv(tmp_path: Path) -> Path:
         writer.writeheader()
         writer.writerows(REPORTS)
     return path
-
-
-class Counting(torch.nn.Module):
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model, self.config, self.forwards = model, model.config, 0
-
-    def forward(self, batch: list[Any]) -> list[torch.Tensor]:
-        self.forwards += len(batch)
-        return self.model(batch)
 
 
 def test_generate_command_writes_a_synthetic_slide(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reports.tiny_tokenizer import build_tiny_qwen_tokenizer
+from tests.reports.tiny_tokenizer import build_tiny_qwen_hub
 from zwsi.generate.folder import TEXT_ENCODER_TYPE, folder_sha256, load_text_encoder_of
 from zwsi.generate.pipeline import SlideGenerator
 from zwsi.model import S3DiT, S3DiTConfig
@@ -26,15 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/zwsi/conftest.py
 @pytest.fixture(scope="module")
 def qwen_pipeline(tmp_path_factory: pytest.TempPathFactory) -> SlideGenerator:
     """A pipeline around a tiny Qwen3 text encoder in Z-Image's hub layout (tokenizer/ beside text_encoder/)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    hub = tmp_path_factory.mktemp("qwen-hub")
-    build_tiny_qwen_tokenizer(hub / "tokenizer")
-    torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
-                         max_position_embeddings=1024, rms_norm_eps=1e-6)
-    Qwen3ForCausalLM(config).save_pretrained(hub / "text_encoder")
+    hub = build_tiny_qwen_hub(tmp_path_factory.mktemp("qwen-hub"), layers=2)
     encoder = ZImageTextEncoder.from_pretrained(hub, dtype=torch.float32)
     transformer = S3DiT(dataclasses.replace(S3DiTConfig.preset("tiny"), cap_feat_dim=64)).eval()
     return SlideGenerator(transformer, tiny_vae(0), encoder, name="qwen-tiny")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zwsi.model import S3DiT, S3DiTConfig
+from zwsi.model import ImageSegment, S3DiT, S3DiTConfig, SequenceSample, grid_positions, report_token_count
 
 
 def randomise_(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -33,3 +33,19 @@ def random_model(cfg: S3DiTConfig | None = None, seed: int = 0, **kwargs: object
 
 def randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||, in float32 (bf16 and fp16 tensors too)."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def window_sample(seed: int, t: float, n_report: int, contexts: int = 2, **mask: bool) -> SequenceSample:
+    """A target of 6x5 tokens (30: padded to 32), a left neighbour strip and a fractional overview at depth 1."""
+    lp = report_token_count(n_report)
+    target = ImageSegment(randn(16, 1, 12, 10, seed=seed), grid_positions(lp + 1, 6, 5))
+    ctx = [
+        ImageSegment(randn(16, 1, 12, 4, seed=seed + 1), grid_positions(lp + 1, 6, 2, w0=-2.0)),
+        ImageSegment(randn(16, 1, 6, 6, seed=seed + 2), grid_positions(lp + 2, 3, 3, h0=-1.5, w0=-1.5, step=4.0)),
+    ][:contexts]
+    return SequenceSample(target, t, randn(n_report, 32, seed=seed + 3), ctx, **mask)

@@ -5,24 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.zwsi.model.model_testing import randn, random_model
-from zwsi.model import ImageSegment, SequenceSample, grid_positions, report_token_count, t2i_sample
+from tests.zwsi.model.model_testing import randn, random_model, relative_error, window_sample
+from zwsi.model import ImageSegment, grid_positions, report_token_count, t2i_sample
 from zwsi.model.sequence import pack_batch, patchify, unpatchify
-
-
-def _window(seed: int, t: float, n_report: int, contexts: int = 2, **mask: bool) -> SequenceSample:
-    """A target of 6x5 tokens (30: padded to 32), a left neighbour strip and a fractional overview at depth 1."""
-    lp = report_token_count(n_report)
-    target = ImageSegment(randn(16, 1, 12, 10, seed=seed), grid_positions(lp + 1, 6, 5))
-    ctx = [
-        ImageSegment(randn(16, 1, 12, 4, seed=seed + 1), grid_positions(lp + 1, 6, 2, w0=-2.0)),
-        ImageSegment(randn(16, 1, 6, 6, seed=seed + 2), grid_positions(lp + 2, 3, 3, h0=-1.5, w0=-1.5, step=4.0)),
-    ][:contexts]
-    return SequenceSample(target, t, randn(n_report, 32, seed=seed + 3), ctx, **mask)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +33,7 @@ def test_positions_helpers():
 
 
 def test_packed_batch_equals_each_sample_alone(model):
-    batch = [_window(0, 0.2, 7), _window(10, 0.9, 40, contexts=1), _window(20, 0.5, 0, contexts=0)]
+    batch = [window_sample(0, 0.2, 7), window_sample(10, 0.9, 40, contexts=1), window_sample(20, 0.5, 0, contexts=0)]
     with torch.no_grad():
         packed = model(batch)
         alone = [model([s])[0] for s in batch]
@@ -57,7 +42,7 @@ def test_packed_batch_equals_each_sample_alone(model):
 
 
 def test_packed_and_padded_dense_mask_backends_agree(model):
-    batch = [_window(0, 0.2, 7), _window(10, 0.9, 40, contexts=1, context_attends_target=False)]
+    batch = [window_sample(0, 0.2, 7), window_sample(10, 0.9, 40, contexts=1, context_attends_target=False)]
     with torch.no_grad():
         model.attention_backend = "sdpa_masked"  # one padded-square call with a dense mask
         dense = model(batch)
@@ -80,10 +65,10 @@ def test_forward_t2i_equals_forward_of_t2i_samples(model):
 
 def test_contexts_change_the_target_prediction_and_are_modulated_as_clean(model):
     with torch.no_grad():
-        with_ctx = model([_window(0, 0.3, 7)])[0]
-        without = model([_window(0, 0.3, 7, contexts=0)])[0]
-        packed = pack_batch([_window(0, 0.3, 7)], model.config)
-    assert _rel(with_ctx, without) > 1e-3
+        with_ctx = model([window_sample(0, 0.3, 7)])[0]
+        without = model([window_sample(0, 0.3, 7, contexts=0)])[0]
+        packed = pack_batch([window_sample(0, 0.3, 7)], model.config)
+    assert relative_error(with_ctx, without) > 1e-3
     # two modulations: the target's t and t = 1 for the context tokens (and none other)
     assert sorted(packed.cond_t.tolist()) == pytest.approx([0.3, 1.0])
     is_clean = packed.cond_t[packed.img_cond] == 1.0
@@ -92,7 +77,7 @@ def test_contexts_change_the_target_prediction_and_are_modulated_as_clean(model)
 
 def test_cached_context_mask_makes_report_and_context_states_independent_of_the_target(model):
     def hidden(seed: int, t: float, cached: bool):
-        s = _window(0, t, 7, report_attends_target=not cached, context_attends_target=not cached)
+        s = window_sample(0, t, 7, report_attends_target=not cached, context_attends_target=not cached)
         s.target = ImageSegment(randn(16, 1, 12, 10, seed=seed), s.target.positions)
         with torch.no_grad():
             x, _, packed = model.forward_hidden([s])
@@ -101,15 +86,15 @@ def test_cached_context_mask_makes_report_and_context_states_independent_of_the_
     ctx_a, pred_a = hidden(seed=100, t=0.1, cached=True)
     ctx_b, pred_b = hidden(seed=200, t=0.7, cached=True)  # another target and another step
     torch.testing.assert_close(ctx_a, ctx_b, rtol=0, atol=0)
-    assert _rel(pred_a, pred_b) > 1e-2  # the target itself still changes
+    assert relative_error(pred_a, pred_b) > 1e-2  # the target itself still changes
     full_a, full_pred = hidden(seed=100, t=0.1, cached=False)
     full_b, _ = hidden(seed=200, t=0.7, cached=False)
-    assert _rel(full_a, full_b) > 1e-3  # without the mask the context states do depend on the target
-    assert _rel(pred_a, full_pred) > 1e-4  # and the mask changes the prediction
+    assert relative_error(full_a, full_b) > 1e-3  # without the mask the context states do depend on the target
+    assert relative_error(pred_a, full_pred) > 1e-4  # and the mask changes the prediction
 
 
 def test_cached_context_mask_layout(model):
-    packed = pack_batch([_window(0, 0.3, 7, report_attends_target=False, context_attends_target=False)], model.config)
+    packed = pack_batch([window_sample(0, 0.3, 7, report_attends_target=False, context_attends_target=False)], model.config)
     mask = packed.unified_layout.dense_mask(torch.device("cpu"))
     is_target = packed.unified_is_target
     assert mask[is_target].all()  # target queries see every token
@@ -127,7 +112,7 @@ def test_cached_context_mask_layout(model):
     ],
 )
 def test_bad_samples_raise_naming_the_segment(model, mutate, message):
-    s = _window(0, 0.3, 7)
+    s = window_sample(0, 0.3, 7)
     mutate(s)
     with pytest.raises(ValueError, match=message):
         model([s])
@@ -145,7 +130,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for enabled in (False, True):
         model = random_model(seed=2).train()
         model.enable_gradient_checkpointing(enabled)
-        out = model([_window(0, 0.3, 7), _window(10, 0.6, 0, contexts=1, context_attends_target=False)])
+        out = model([window_sample(0, 0.3, 7), window_sample(10, 0.6, 0, contexts=1, context_attends_target=False)])
         sum((o**2).mean() for o in out).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, g in grads[0].items():
@@ -162,7 +147,7 @@ def test_compiled_blocks_equal_eager_without_graph_breaks():
         for block in blocks:
             block.compile(fullgraph=True)  # fullgraph: a graph break would raise
     torch._dynamo.reset()
-    batch = [_window(0, 0.3, 7), _window(10, 0.6, 40, contexts=1, context_attends_target=False)]
+    batch = [window_sample(0, 0.3, 7), window_sample(10, 0.6, 40, contexts=1, context_attends_target=False)]
     with torch.no_grad():
         for got, expected in zip(compiled(batch), eager(batch)):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reports import ReportTruncatedWarning, conditioning_text
-from tests.reports.tiny_tokenizer import build_tiny_qwen_tokenizer
+from tests.reports.tiny_tokenizer import build_tiny_qwen_hub
 from zwsi.text.cache import EmbeddingCache
 from zwsi.text.encoders import ZImageTextEncoder, load_text_encoder
 from zwsi.text.tokenizer import PromptTokenizer
@@ -31,16 +31,7 @@ def monkeypatch_module():
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, monkeypatch_module):
     """A Z-Image-style hub folder: tokenizer/ (BPE + Qwen3 chat template) and text_encoder/ (tiny Qwen3)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    root = tmp_path_factory.mktemp("zimage-hub")
-    build_tiny_qwen_tokenizer(root / "tokenizer")
-    torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
-                         max_position_embeddings=1024, rms_norm_eps=1e-6)
-    Qwen3ForCausalLM(config).save_pretrained(root / "text_encoder")  # the hub stores the CausalLM layout
-    return root
+    return build_tiny_qwen_hub(tmp_path_factory.mktemp("zimage-hub"), layers=3)
 
 
 @pytest.fixture(scope="module")

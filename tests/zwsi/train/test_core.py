@@ -16,11 +16,11 @@ import torch
 import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.zwsi.vae.vae_testing import tiny_config
 from zwsi.cli import main
 from zwsi.train.config import OptimConfig, from_dict
 from zwsi.train.core import lr_factor
 from zwsi.train.trainer import Trainer
-from zwsi.vae.config import vae_train_config_from_dict
 from zwsi.vae.train import VAETrainer
 
 SLIDE = REPO_ROOT / "zwsi" / "default_model" / "slide" / "CMU-1-Small-Region.svs"
@@ -36,21 +36,9 @@ REFERENCE_VAE_LOSSES = [1.0090328454971313, 1.0315994024276733, 0.95433372259140
 REFERENCE_DIT_LOSSES = [1.026792287826538, 1.0588836669921875, 0.9755419492721558]
 
 
-def vae_config(**sections: dict[str, Any]) -> Any:
-    data: dict[str, Any] = {
-        "seed": 3, "threads": 1,
-        "model": {"block_out_channels": [8, 8, 16, 16], "norm_num_groups": 8, "latent_channels": 4},
-        "data": {"slide": str(SLIDE), "crop": 32, "stride": 8},
-        "optim": {"lr": 1.0e-2, "warmup_steps": 5},
-        "budget": {"batch_size": 4, "max_steps": 3},
-        "checkpoint": {"every": 25, "keep": 2},
-        "validation": {"every": 1000, "crops_per_mpp": 2},
-        "export": {"stats_crops": 16},
-        "log": {"progress": False},
-    }
-    for key, values in sections.items():
-        data[key] = {**data.get(key, {}), **values}
-    return vae_train_config_from_dict(data)
+def vae_config() -> Any:
+    """The VAE tests' tiny config, 3 steps."""
+    return tiny_config(SLIDE, budget={"max_steps": 3}, log={"progress": False})
 
 
 def dit_config(**overrides: Any) -> Any:

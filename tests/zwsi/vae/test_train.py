@@ -12,29 +12,13 @@ import pytest
 import torch
 
 from tests.conftest import REPO_ROOT, shared_file
+from tests.zwsi.vae.vae_testing import tiny_config
 from zwsi.train.core import NonFiniteLossError
-from zwsi.vae.config import VAETrainConfig, load_vae_train_config, vae_train_config_from_dict
+from zwsi.vae.config import load_vae_train_config, vae_train_config_from_dict
 from zwsi.vae.data import CropSampler, dihedral, stain_jitter
 from zwsi.vae.train import STATS_STEP0, VAELoss, VAETrainer
 
 SLIDE = "wsi/CMU-1-Small-Region.svs"
-
-
-def tiny_config(slide: Path, **sections: dict) -> VAETrainConfig:
-    data = {
-        "seed": 3,
-        "threads": 1,
-        "model": {"block_out_channels": [8, 8, 16, 16], "norm_num_groups": 8, "latent_channels": 4},
-        "data": {"slide": str(slide), "crop": 32, "stride": 8},
-        "optim": {"lr": 1.0e-2, "warmup_steps": 5},
-        "budget": {"batch_size": 4, "max_steps": 50},
-        "checkpoint": {"every": 25, "keep": 2},
-        "validation": {"every": 1000, "crops_per_mpp": 2},
-        "export": {"stats_crops": 16},
-    }
-    for key, values in sections.items():
-        data[key] = {**data.get(key, {}), **values}
-    return vae_train_config_from_dict(data)
 
 
 @pytest.fixture(scope="module")
