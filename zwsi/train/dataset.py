@@ -55,7 +55,9 @@ class SlideEntry:
             origins see it on a shifted window grid (``zwsi prepare --grid-offsets``), as generation may.
         store: latent store, relative to the dataset folder.
         features: report features file, relative to the dataset folder.
-        tissue: per level (finest first) the (row, col) of windows holding tissue.
+        tissue: per level (finest first) the (row, col) of windows holding tissue (none at rungs not encoded).
+        train_levels: the levels the slide trains (`zwsi.train.prepare.trained_levels`); None (manifests before
+            this field): every level.
         split: "train", "val" or "test".
         status: "pending", "done" or "skipped"; reason: why it was skipped.
     """
@@ -75,6 +77,7 @@ class SlideEntry:
     store: str = ""
     features: str = ""
     tissue: list[list[list[int]]] = field(default_factory=list)
+    train_levels: list[int] | None = None
     split: str = ""
     status: str = "pending"
     reason: str = ""

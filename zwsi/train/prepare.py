@@ -5,7 +5,9 @@ For each slide (resumable, slide by slide and window by window):
 1. plan the slide on the magnification ladder with the planner (`zwsi.planner.plan_slide`), so training windows
    sit on the same grid as generated ones;
 2. detect tissue (`slide_io.detect_tissue`) and select the tissue windows of every level
-   (`zwsi.planner.tissue_windows`);
+   (`zwsi.planner.tissue_windows`); a slide trains only the rungs it resolves and spans (`trained_levels`: no
+   window is made by upsampling, no layout window from a crop smaller than it), and only those rungs and the
+   coarser ones their overviews read are encoded;
 3. read each tissue window at its level's µm/px (plus a margin, cropped after encoding so windows join without
    edge effects), encode it with the VAE and write it into the slide's latent `WindowStore`; windows without
    tissue get the VAE latents of blank glass without a VAE call, as generation fills background windows;
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
 TCGA_PATIENT = re.compile(r"TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
 DEFAULT_SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
+UPSAMPLE_TOLERANCE = 0.05
+"""A rung up to 5 % finer than a slide's level 0 still trains on it (CMU-1 is 0.499 µm/px for a 0.5 µm/px rung)."""
 ERRORS_FILE = "prepare-errors.tsv"
 """Slides skipped as unreadable: one line each, slide id, path and reason (tab-separated), appended run by run."""
 
@@ -153,6 +157,21 @@ def report_fields(record: Any) -> tuple[str, dict[str, str]]:
 # ---- the job ---------------------------------------------------------------------------------------------------------
 def plan_for(height_um: float, width_um: float, final_mpp: float, coarsest_mpp: float, config: PlanConfig) -> SlidePlan:
     return plan_slide(height_um, width_um, final_mpp, seed=0, coarsest_mpp=coarsest_mpp, config=config)
+
+
+def trained_levels(plan: SlidePlan, slide_mpp: float, height_um: float, width_um: float) -> list[int]:
+    """The rungs (finest first) whose windows a slide of level-0 ``slide_mpp`` µm/px and extent ``height_um`` x
+    ``width_um`` trains: those its pixels resolve (rung µm/px >= ``slide_mpp``, within `UPSAMPLE_TOLERANCE`: an
+    upsampled window would teach blur at that rung) and that it spans (at least one window of the rung on each
+    axis: a crop smaller than a layout window would teach the layout rung square islands of tissue in glass).
+
+    A slide at 1 µm/px trains only the 2 µm/px rung of a 2 -> 0.5 ladder; a 250 µm crop at 0.23 µm/px only the
+    0.5 µm/px rung (its windows' overviews still come from the encoded coarser rung).
+    """
+    window_px = plan.config.window_latents * plan.config.vae_factor
+    return [lv.index for lv in plan.levels
+            if lv.mpp >= slide_mpp * (1 - UPSAMPLE_TOLERANCE)
+            and min(height_um, width_um) >= window_px * lv.mpp]
 
 
 # long: one resumable pass over the slides (each slide's encoding is _encode_slide); 35 lines of docstring
@@ -360,12 +379,25 @@ def _encode_slide(
             return f"origin {entry.origin_um} µm lies outside the slide"
         plan = plan_for(height_um, width_um, manifest.final_mpp, manifest.coarsest_mpp, config)
         entry.height_um, entry.width_um = height_um, width_um
+        entry.train_levels = trained_levels(plan, max(mpp.x, mpp.y), height_um, width_um)
+        if not entry.train_levels:
+            return (f"no rung to train: level 0 is {max(mpp.x, mpp.y):.3g} µm/px and the slide spans "
+                    f"{width_um:.0f} x {height_um:.0f} µm; the ladder's rungs are "
+                    f"{', '.join(f'{lv.mpp:g}' for lv in plan.levels)} µm/px with windows of "
+                    f"{', '.join(f'{config.window_latents * config.vae_factor * lv.mpp:g}' for lv in plan.levels)} µm "
+                    "(a rung needs level 0 at most its µm/px and at least one window of it)")
+        encoded = [lv for lv in plan.levels if lv.index >= min(entry.train_levels)]  # overviews read coarser rungs
         mask = detect_tissue(slide, mpp=min(tissue_mpp, plan.levels[-1].mpp))
         tissue_mask = mask.mask[round(oy / mask.mpp.y):, round(ox / mask.mpp.x):]
         if not tissue_mask.any():
             return "no tissue detected"
-        tissue = [tissue_windows(plan, lv.index, tissue_mask, (mask.mpp.x + mask.mpp.y) / 2) for lv in plan.levels]
+        tissue = [tissue_windows(plan, lv.index, tissue_mask, (mask.mpp.x + mask.mpp.y) / 2) if lv in encoded else []
+                  for lv in plan.levels]
         entry.tissue = [[[w.row, w.col] for w in ws] for ws in tissue]
+        top = len(plan.levels) - 1  # the layout rung trains on glass windows too
+        entry.train_levels = [i for i in entry.train_levels if i == top or tissue[i]]
+        if not entry.train_levels:
+            return "no tissue window at the rungs it resolves and spans"
         entry.store = f"latents/{entry.slide_id}.zarr"
         store_path = out / entry.store
         if (store_path / "zarr.json").is_file():
@@ -376,12 +408,12 @@ def _encode_slide(
                                               "latent_scaling": {"scaling_factor": vae.scaling_factor,
                                                                  "shift_factor": vae.shift_factor}})
         n = config.window_latents
-        for lv in plan.levels:
+        for lv in encoded:
             store.create_level(lv.index, lv.latent_shape, mpp=lv.mpp * config.vae_factor, grid=(n, n))
-        pending = {lv.index: {(r0 // n, c0 // n) for r0, c0 in store.pending(lv.index)} for lv in plan.levels}
+        pending = {lv.index: {(r0 // n, c0 // n) for r0, c0 in store.pending(lv.index)} for lv in encoded}
         bar = _progress(sum(len(p) for p in pending.values()), f"encode {entry.slide_id}", progress)
-        for lv, ws in zip(plan.levels, tissue):
-            keep = {(w.row, w.col) for w in ws}
+        for lv in encoded:
+            keep = {(w.row, w.col) for w in tissue[lv.index]}
             canvas, (ly, lx) = None, (oy / (lv.mpp * config.vae_factor), ox / (lv.mpp * config.vae_factor))
             if canvases is not None and pending[lv.index] and ly == round(ly) and lx == round(lx):
                 canvas = _level_canvas(slide, slide_path, lv.mpp, n * config.vae_factor, vae, canvases)

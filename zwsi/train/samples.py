@@ -129,7 +129,8 @@ class WindowSampler:
         # windows there, in their real proportions (finer levels generate, so train, tissue windows only)
         top = self.dataset.plan(entry).level(self.n_levels - 1).grid
         by_level[-1] = [(r, c) for r in range(top[0]) for c in range(top[1])]
-        levels = [lv for lv in range(self.n_levels) if by_level[lv]]
+        levels = [lv for lv in range(self.n_levels)
+                  if by_level[lv] and (entry.train_levels is None or lv in entry.train_levels)]
         lw = np.array([1.0 if self.data.level_weights is None else self.data.level_weights[lv] for lv in levels])
         if lw.sum() <= 0:
             lw = np.ones(len(levels))

@@ -192,3 +192,65 @@ def test_unreadable_slides_are_skipped_listed_and_summarised(tmp_path: Path, cap
                              "--mpp", "8.0", "--coarsest-mpp", "32.0")) == 0
     entry, = json.loads((tmp_path / "mpp" / "manifest.json").read_text())["slides"]
     assert entry["status"] == "done" and entry["width_um"] == pytest.approx(4443 * 2.0)
+
+
+def test_trained_levels_never_upsample_and_need_one_whole_window() -> None:
+    """The built-in model's ladder (2 -> 0.5 µm/px, 256 px windows: 128 µm and 512 µm): CMU trains both rungs, a
+    1 µm/px export only the 2 µm/px rung, a 250 µm crop at 0.227 µm/px only the 0.5 µm/px rung, a 100 µm crop none."""
+    from zwsi.planner import PlanConfig
+    from zwsi.train.prepare import plan_for, trained_levels
+
+    config = PlanConfig(window_tokens=16, context_tokens=2, overview_margin=2, overlap_tokens=1)
+
+    def levels(mpp: float, h: float, w: float) -> list[int]:
+        return trained_levels(plan_for(h, w, 0.5, 2.0, config), mpp, h, w)
+
+    assert levels(0.499, 1110, 1108) == [0, 1]
+    assert levels(0.52, 1110, 1108) == [0, 1]  # within 5 %
+    assert levels(0.53, 1110, 1108) == [1]
+    assert levels(1.0, 3567, 4443) == [1]
+    assert levels(0.227, 250, 250) == [0]
+    assert levels(0.227, 511, 2000) == [0] and levels(0.227, 512, 2000) == [0, 1]
+    assert levels(0.5, 100, 100) == []
+
+
+def test_slides_train_only_resolved_and_spanned_rungs_which_alone_are_encoded(tmp_path: Path) -> None:
+    """Test ladder 4 -> 16 µm/px, windows 256 and 1024 µm. A 300 µm crop of CMU trains the 4 µm/px rung only (its
+    overview rung is still encoded); on a 0.25 -> 1 µm/px ladder CMU (0.499 µm/px) trains and encodes 1 µm/px only;
+    the sampler draws nothing else; a slide that trains no rung is skipped with the figures in its reason."""
+    from slide_io import WindowStore
+    from zwsi.train.config import from_dict
+    from zwsi.train.dataset import PreparedDataset
+    from zwsi.train.samples import WindowSampler
+
+    svs = shared_file("wsi/CMU-1-Small-Region.svs")
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    assert main(["slide", "convert", str(svs), str(slides / "crop.tif"), "--region", "600,800,601,601", "--no-progress"]) == 0
+    assert main(["slide", "convert", str(svs), str(slides / "tiny.tif"), "--region", "600,800,200,200", "--no-progress"]) == 0
+    reports = tmp_path / "reports.csv"
+    reports.write_text("report_id,patient_id,text\n" + "".join(
+        f"{s},p{s},\"Skin, excision: dermis with collagen bundles and small vessels.\"\n" for s in ("crop", "tiny")))
+    match = tmp_path / "match.csv"
+    match.write_text("slide,report_id\ncrop,crop\ntiny,tiny\n")
+    assert main(prepare_args(slides, reports, tmp_path / "ds", "--match", str(match), "--splits", "1,0,0")) == 0
+    entries = {s["slide_id"]: s for s in json.loads((tmp_path / "ds" / "manifest.json").read_text())["slides"]}
+    crop, tiny = entries["crop"], entries["tiny"]
+    assert crop["status"] == "done" and crop["train_levels"] == [0] and crop["tissue"][0]
+    assert WindowStore.open(tmp_path / "ds" / crop["store"], mode="r").levels == [0, 1]
+    assert tiny["status"] == "skipped" and tiny["reason"] == (
+        "no rung to train: level 0 is 0.499 µm/px and the slide spans 100 x 100 µm; the ladder's rungs are 4, 16 "
+        "µm/px with windows of 256, 1024 µm (a rung needs level 0 at most its µm/px and at least one window of it)")
+
+    cmu = tmp_path / "cmu"
+    cmu.mkdir()
+    (cmu / "crop.svs").symlink_to(svs)
+    geometry = ["--mpp", "0.25", "--coarsest-mpp", "1.0"]  # given after GEOMETRY's, so they win
+    assert main(prepare_args(cmu, reports, tmp_path / "fine", "--match", str(match), "--splits", "1,0,0", *geometry)) == 0
+    entry, = json.loads((tmp_path / "fine" / "manifest.json").read_text())["slides"]
+    assert entry["status"] == "done" and entry["train_levels"] == [1] and entry["tissue"][0] == []
+    assert WindowStore.open(tmp_path / "fine" / entry["store"], mode="r").levels == [1]
+    cfg = from_dict({"model": {"preset": "tiny"}, "data": {"level_weights": [0.9, 0.1]}})
+    for folder, level in ((tmp_path / "ds", 0), (tmp_path / "fine", 1)):
+        sampler = WindowSampler(PreparedDataset(folder), "train", cfg.data, cfg.objective, seed=0)
+        assert {sampler.draw(i).level for i in range(40)} == {level}
