@@ -7,7 +7,9 @@ Checks, each an error (exit 1) when it fails:
 1. every required wheel of `wheels.txt` is in `.whl/`, one version each (two stop the device's install);
 2. the tree that travels (git's tracked and untracked-not-ignored files, `shared/` if the checkout has one, and the
    carried `.whl/`) is at most 64 MiB; optional wheels are added only while it stays `--margin-mib` below that;
-3. every third-party module that the kit's code imports outside a try/except ImportError (zwsi, slide_io,
+3. the built-in model's other training slides (`TRAINING_DATA`, from ../shared/data, which the device does not
+   receive) are copied into `.whl/data/` for step e (`build.sh --device cuda` reads them through DATA);
+4. every third-party module that the kit's code imports outside a try/except ImportError (zwsi, slide_io,
    reports, the benchmarks the kit runs, the GPU tests and the test helpers they import) comes from a distribution
    the device image has (`device_packages.txt`) or that travels as a wheel.
 
@@ -39,6 +41,9 @@ KIT_SOURCES = ("zwsi", "slide_io", "reports", "benchmarks/gpu", "benchmarks/mode
                "benchmarks/train_step.py", "benchmarks/generate.py", "benchmarks/bench_json.py",
                "benchmarks/random_pipeline.py")
 LOCAL = {"zwsi", "slide_io", "reports", "validation", "tests", "benchmarks"}
+SHARED_DATA = REPO.parent / "shared" / "data"
+TRAINING_DATA = ("wsi/OS-1-detail.ome.tif", "wsi/tcga-cr-7395-01a-01-ts1.svs")
+"""The built-in model's training slides besides the bundled CMU slide (configs/default_model/build.sh, DATA)."""
 DEVICE_COMMAND = "PYTHONUNBUFFERED=1 python3 benchmarks/gpu/run.py --budget 480"
 DEVICE_TIMEOUT_S = 570
 
@@ -215,7 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     for want in wanted:
         if not want.optional and not any(want.matches(w) for w in dest.glob("*.whl")):
             problems.append(f"required wheel {want.name}=={want.version} is missing from {dest}")
-    base = tree_bytes()
+    for rel in TRAINING_DATA:  # step e's slides: the device receives no ../shared
+        target = dest / "data" / rel
+        if not args.check and not target.is_file() and (SHARED_DATA / rel).is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(SHARED_DATA / rel, target)
+        if not target.is_file():
+            print(f"note: {target} is missing: step e (build.sh --device cuda) will stop naming it")
+    base = tree_bytes() + sum(f.stat().st_size for f in (dest / "data").rglob("*") if f.is_file())
     wheel_bytes = sum(w.stat().st_size for w in dest.glob("*.whl"))
     extras = [w for w in wanted if w.optional]  # one group: all travel or none (tiffslide needs imagecodecs)
     partial = [f for f in dest.glob("*.whl") if any(w.matches(f) for w in extras)]
@@ -240,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(side, ignore_errors=True)
     total = base + wheel_bytes
     if total / mib > args.limit_mib:
-        problems.append(f"the tree that travels is {total / mib:.1f} MiB (tree {base / mib:.1f} + wheels "
+        problems.append(f"the tree that travels is {total / mib:.1f} MiB (tree and data {base / mib:.1f} + wheels "
                         f"{wheel_bytes / mib:.1f}); the device accepts {args.limit_mib:.0f} MiB")
     errors, warnings = missing_on_device(wanted=wanted)
     problems += [f"import {m}: {why}" for m, why in sorted(errors.items())]

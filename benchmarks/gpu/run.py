@@ -43,7 +43,8 @@ WHEELS = REPO / ".whl"
 SITE = Path(tempfile.gettempdir()) / "zwsi-kit-site"
 LOG_CAP = 15 * 2**20  # bytes per returned file: the device returns files of at most 16 MiB
 BUILD_SCRIPT = REPO / "configs" / "default_model" / "build.sh"
-DEFAULT_MODEL_PARTS = ("transformer", "vae", "text_encoder", "scheduler", "zwsi_generate.yaml", "model_index.json")
+DEFAULT_MODEL_PARTS = ("transformer", "vae", "text_encoder", "scheduler", "zwsi_generate.yaml", "model_index.json",
+                       "zwsi_plan.json")
 PROBE_MODULES = ("torch", "triton", "diffusers", "transformers", "tokenizers", "accelerate", "peft", "safetensors",
                  "zarr", "numcodecs", "openslide", "tifffile", "imagecodecs", "tiffslide", "monai", "timm", "skimage",
                  "scipy", "numpy", "PIL", "yaml", "tqdm", "rich", "einops", "pytest", "flash_attn",
@@ -275,7 +276,7 @@ def run_step(step: Step, ctx: Context, rec: Recorder, env: dict[str, str], deadl
     rec.log(f"step {step.key} {step.name}: start (timeout {timeout:.0f} s)")
     step_env = dict(env)
     if step.key == "e":
-        step_env.update(RUN=str(ctx.tmp / "default-model"), ZWSI=f"{ctx.python} -m zwsi")
+        step_env.update(RUN=str(ctx.tmp / "default-model"), ZWSI=f"{ctx.python} -m zwsi", DATA=str(REPO / ".whl" / "data"))
     rc, seconds = run_logged(cmd, ctx.out / step.log_name, timeout, step_env)
     status = "timeout" if rc is None else ("ok" if rc == 0 else "failed")
     if step.key == "a":
@@ -287,10 +288,11 @@ def run_step(step: Step, ctx: Context, rec: Recorder, env: dict[str, str], deadl
             status = "ok"  # pytest exits 5 when every selected test was deselected/skipped: not a failure
     if step.key == "e" and status == "ok":
         tar = ctx.out / "e_default_model.tar"
+        model = Path(step_env["RUN"]) / "model"  # build.sh --device cuda leaves the package's model as it was
         with tarfile.open(tar, "w") as fh:
             for part in DEFAULT_MODEL_PARTS:
-                if (REPO / "zwsi" / "default_model" / part).exists():
-                    fh.add(REPO / "zwsi" / "default_model" / part, arcname=f"default_model/{part}")
+                if (model / part).exists():
+                    fh.add(model / part, arcname=f"default_model/{part}")
         if tar.stat().st_size > LOG_CAP:
             tar.unlink()
             status = "ok (weights tar over 15 MiB, not returned)"

@@ -36,6 +36,10 @@ TRAIN_CONFIG=configs/train/zwsi-small.yaml
 [ "$DEVICE" = cpu ] || TRAIN_CONFIG=configs/train/zwsi-small-gpu.yaml
 GEOMETRY="--mpp 0.5 --coarsest-mpp 2 --factor 4 --window-tokens 16 --context-tokens 2 --overlap-tokens 1
   --overview-margin 2 --patch-size 2 --encode-margin 2"
+for f in "$DATA/wsi/OS-1-detail.ome.tif" "$DATA/wsi/tcga-cr-7395-01a-01-ts1.svs"; do
+  [ -f "$f" ] || { echo "build.sh: training slide $f not found: set DATA to the project's shared data folder" \
+    "(../shared/data; benchmarks/gpu/prepare.py copies these two into .whl/data for the device)" >&2; exit 2; }
+done
 mkdir -p "$RUN/slides/train" "$RUN/slides/holdout"
 
 # Every training step resumes the same way: `--resume RUN` when RUN holds a checkpoint (zwsi train and train-vae).

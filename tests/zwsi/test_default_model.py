@@ -142,3 +142,16 @@ def test_build_inputs_every_training_slide_has_its_description_and_no_descriptio
     assert "for k in 0 1 2 3 4 5 6 7; do" in build and "for k in 0 5; do" in build
     for r in records.values():
         assert find_phi(r.text) == [], r.id
+
+
+def test_build_stops_before_any_work_when_a_training_slide_is_missing(tmp_path: Path) -> None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    run = tmp_path / "run"
+    done = subprocess.run(["bash", "configs/default_model/build.sh"], cwd=root, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "RUN": str(run), "DATA": str(tmp_path / "none"), "ZWSI": "false"},
+                          timeout=60)
+    assert done.returncode == 2 and not run.exists()
+    assert done.stderr.startswith(f"build.sh: training slide {tmp_path / 'none'}/wsi/OS-1-detail.ome.tif not found: "
+                                  "set DATA to the project's shared data folder")
