@@ -94,7 +94,8 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     pytest.importorskip("jupyterlab")
     pytest.importorskip("islide")
     pytest.importorskip("websocket")
-    synthetic = Path(os.environ.get("ZWSI_SYNTHETIC_SLIDE") or tiny_synthetic_slide(tmp_path))
+    # resolved here: the notebook runs in its own folder, where a relative path would name nothing
+    synthetic = Path(os.environ.get("ZWSI_SYNTHETIC_SLIDE") or tiny_synthetic_slide(tmp_path)).resolve()
     root, settings = tmp_path / "lab", tmp_path / "lab-settings"
     root.mkdir()
     (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)

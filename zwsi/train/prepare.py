@@ -174,6 +174,14 @@ def trained_levels(plan: SlidePlan, slide_mpp: float, height_um: float, width_um
             and min(height_um, width_um) >= window_px * lv.mpp]
 
 
+def _no_rung_reason(plan: SlidePlan, slide_mpp: float, height_um: float, width_um: float) -> str:
+    window_px = plan.config.window_latents * plan.config.vae_factor
+    return (f"no rung to train: level 0 is {slide_mpp:.3g} µm/px and the slide spans {width_um:.0f} x {height_um:.0f} "
+            f"µm; the ladder's rungs are {', '.join(f'{lv.mpp:g}' for lv in plan.levels)} µm/px with windows of "
+            f"{', '.join(f'{window_px * lv.mpp:g}' for lv in plan.levels)} µm "
+            "(a rung needs level 0 at most its µm/px and at least one window of it)")
+
+
 # long: one resumable pass over the slides (each slide's encoding is _encode_slide); 35 lines of docstring
 def prepare_dataset(
     slides: Sequence[Path],
@@ -381,11 +389,7 @@ def _encode_slide(
         entry.height_um, entry.width_um = height_um, width_um
         entry.train_levels = trained_levels(plan, max(mpp.x, mpp.y), height_um, width_um)
         if not entry.train_levels:
-            return (f"no rung to train: level 0 is {max(mpp.x, mpp.y):.3g} µm/px and the slide spans "
-                    f"{width_um:.0f} x {height_um:.0f} µm; the ladder's rungs are "
-                    f"{', '.join(f'{lv.mpp:g}' for lv in plan.levels)} µm/px with windows of "
-                    f"{', '.join(f'{config.window_latents * config.vae_factor * lv.mpp:g}' for lv in plan.levels)} µm "
-                    "(a rung needs level 0 at most its µm/px and at least one window of it)")
+            return _no_rung_reason(plan, max(mpp.x, mpp.y), height_um, width_um)
         encoded = [lv for lv in plan.levels if lv.index >= min(entry.train_levels)]  # overviews read coarser rungs
         mask = detect_tissue(slide, mpp=min(tissue_mpp, plan.levels[-1].mpp))
         tissue_mask = mask.mask[round(oy / mask.mpp.y):, round(ox / mask.mpp.x):]

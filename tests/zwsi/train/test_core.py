@@ -24,7 +24,7 @@ from zwsi.train.trainer import Trainer
 from zwsi.vae.train import VAETrainer
 
 SLIDE = REPO_ROOT / "zwsi" / "default_model" / "slide" / "CMU-1-Small-Region.svs"
-REPORT = REPO_ROOT / "configs" / "default_model" / "CMU-1-Small-Region.txt"
+REPORT = REPO_ROOT / "configs" / "default_model" / "reports" / "CMU-1-Small-Region.txt"
 QUIET = {"log": {"progress": False}, "validation": {"every": 0}, "checkpoint": {"every": 0}}
 
 # The first 3 training losses of the two configs below, recorded on CPU. The VAE's were recorded with the code before
