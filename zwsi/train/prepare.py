@@ -387,9 +387,10 @@ def _encode_slide(
             return f"origin {entry.origin_um} µm lies outside the slide"
         plan = plan_for(height_um, width_um, manifest.final_mpp, manifest.coarsest_mpp, config)
         entry.height_um, entry.width_um = height_um, width_um
-        entry.train_levels = trained_levels(plan, max(mpp.x, mpp.y), height_um, width_um)
+        slide_mpp = max(mpp.x, mpp.y)
+        entry.train_levels = trained_levels(plan, slide_mpp, height_um, width_um)
         if not entry.train_levels:
-            return _no_rung_reason(plan, max(mpp.x, mpp.y), height_um, width_um)
+            return _no_rung_reason(plan, slide_mpp, height_um, width_um)
         encoded = [lv for lv in plan.levels if lv.index >= min(entry.train_levels)]  # overviews read coarser rungs
         mask = detect_tissue(slide, mpp=min(tissue_mpp, plan.levels[-1].mpp))
         tissue_mask = mask.mask[round(oy / mask.mpp.y):, round(ox / mask.mpp.x):]
